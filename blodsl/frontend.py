@@ -1,0 +1,35 @@
+"""The front end as one straight line: file -> source -> AST -> checked IR."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import ast, ir
+from .diagnostics import Diagnostic, Source
+from .parser import decode, parse
+from .resolve import check
+
+
+@dataclass
+class Checked:
+    source: Source
+    tree: ast.Program
+    program: ir.Program
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+
+def read_source(path: str | Path) -> Source:
+    """The file's text; OSError (missing, unreadable) is the caller's to report."""
+    return decode(Path(path).read_bytes(), str(path))
+
+
+def check_source(source: Source, base_dir: Path | None = None) -> Checked:
+    """Parses and checks; raises BloError with every problem found."""
+    tree = parse(source)
+    program, warnings = check(tree, source, base_dir)
+    return Checked(source, tree, program, warnings)
+
+
+def check_file(path: str | Path) -> Checked:
+    return check_source(read_source(path), Path(path).parent)

@@ -1,0 +1,245 @@
+"""The checked program: what the resolver produces and the engine consumes.
+
+Every name is resolved (a reference says which level or dataset it belongs
+to), every default is filled in, and every operator parameter is explicit,
+so lowering never looks back at the source text. Each statement keeps the
+line it came from, for `# prog.blo:LINE` comments in generated code.
+`Program.model_dump_json(indent=2)` is `blodsl compile --emit ir`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeAliasType
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Level = Literal["upper", "lower"]
+
+# --- expressions ---------------------------------------------------------------
+
+
+class Const(Node):
+    kind: Literal["const"] = "const"
+    value: bool | int | float | str | None
+
+
+class DataRef(Node):
+    """A tensor of a dataset: `train.x`."""
+    kind: Literal["data"] = "data"
+    dataset: str
+    field: str
+
+
+class SizeRef(Node):
+    """A size of a dataset, known once it is loaded: `train.features`."""
+    kind: Literal["size"] = "size"
+    dataset: str
+    size: str
+
+
+class VarRef(Node):
+    kind: Literal["var"] = "var"
+    level: Level
+    name: str
+
+
+class ModelRef(Node):
+    """A model as a value: all its weights (as in `sqnorm(net)`)."""
+    kind: Literal["model"] = "model"
+    level: Level
+    name: str
+
+
+class ParamRef(Node):
+    """One weight tensor of a model: `net.weight`."""
+    kind: Literal["param"] = "param"
+    level: Level
+    model: str
+    param: str
+
+
+class Apply(Node):
+    """A model applied to inputs: `net(train.x)`."""
+    kind: Literal["apply"] = "apply"
+    level: Level
+    model: str
+    args: list[Expr]
+
+
+class Call(Node):
+    """A built-in function (blodsl.builtins.FUNCTIONS or METRICS)."""
+    kind: Literal["call"] = "call"
+    fn: str
+    args: list[Expr]
+    kwargs: dict[str, Expr] = {}
+
+
+class UserCall(Node):
+    """A user function imported as "package.module:function"."""
+    kind: Literal["user_call"] = "user_call"
+    ref: str
+    args: list[Expr]
+    kwargs: dict[str, Expr] = {}
+
+
+class BinOp(Node):
+    kind: Literal["binop"] = "binop"
+    op: str
+    left: Expr
+    right: Expr
+
+
+class Unary(Node):
+    kind: Literal["unary"] = "unary"
+    op: str
+    operand: Expr
+
+
+class Compare(Node):
+    kind: Literal["compare"] = "compare"
+    op: str
+    left: Expr
+    right: Expr
+
+
+class ListOf(Node):
+    kind: Literal["list"] = "list"
+    items: list[Expr]
+
+
+class Index(Node):
+    kind: Literal["index"] = "index"
+    obj: Expr
+    index: Expr
+
+
+Expr = Annotated[Union[Const, DataRef, SizeRef, VarRef, ModelRef, ParamRef, Apply, Call, UserCall,
+                       BinOp, Unary, Compare, ListOf, Index], Field(discriminator="kind")]
+
+# --- declarations ------------------------------------------------------------------
+
+Dim = Union[int, SizeRef]
+
+
+class LayerSpec(Node):
+    """A model constructor: a built-in layer, Sequential, a user nn.Module, or input()."""
+    kind: Literal["builtin", "sequential", "user", "input"]
+    name: str                 # layer name, user reference "pkg.mod:Class", or "input"
+    args: list[Arg] = []
+    kwargs: dict[str, Arg] = {}
+
+
+Arg = TypeAliasType("Arg", Union[SizeRef, LayerSpec, bool, int, float, str, None, list["Arg"]])
+
+
+class Dataset(Node):
+    name: str
+    source: str               # digits, classification, ..., npz, csv, idx, input
+    args: dict[str, Arg]      # every argument, defaults filled for split
+    path: str | None = None   # files: relative to the program's folder
+    split: int | None = None  # which part of `args["split"]` this dataset is
+    fields: list[str]
+    sizes: list[str]
+    tasks: bool = False
+    line: int
+
+
+class Variable(Node):
+    name: str
+    level: Level
+    init: str                 # zeros, ones, full, normal, uniform, input
+    shape: list[Dim]
+    args: dict[str, Arg] = {}
+    line: int
+
+
+class Model(Node):
+    name: str
+    level: Level
+    spec: LayerSpec
+    parameters: list[str]     # names reachable as `net.NAME` ([] when not known before run time)
+    line: int
+
+
+class Optimizer(Node):
+    name: str
+    args: dict[str, Arg]
+    line: int
+
+
+class Objective(Node):
+    expr: Expr
+    text: str                 # as written, for comments and messages
+    line: int
+
+
+class Start(Node):
+    """How the lower level starts each outer step."""
+    mode: Literal["warm", "reinit", "from"]
+    source: str | None = None  # the upper model or variable, for mode "from"
+    line: int | None = None
+
+
+class LevelDecl(Node):
+    level: Level
+    variables: list[Variable]
+    models: list[Model]
+    objective: Objective
+    optimizer: Optimizer
+    steps: int | None = None  # lower level only
+    start: Start | None = None
+    line: int
+
+
+class Operator(Node):
+    name: str
+    stage: str
+    params: dict[str, Arg]    # every parameter, defaults filled in
+    implied: bool = False     # NGD when no dynamics core is written
+    line: int
+
+
+class Pipeline(Node):
+    operators: list[Operator]
+    text: str                 # canonical form, e.g. "NGD -> PTT -> RAD"
+    line: int
+
+    def has(self, name: str) -> bool:
+        return any(op.name == name for op in self.operators)
+
+
+class Metric(Node):
+    name: str
+    expr: Expr
+    text: str
+    rebind: dict[str, str] = {}   # dataset -> dataset, e.g. meta-test tasks
+    line: int
+
+
+class Run(Node):
+    outer_steps: int
+    eval_every: int
+    seed: int
+    device: str
+    dtype: Literal["float32", "float64"]
+    metrics: list[Metric]
+
+
+class Program(Node):
+    path: str
+    imports: dict[str, str]   # alias -> "package.module:name"
+    datasets: list[Dataset]
+    upper: LevelDecl
+    lower: LevelDecl
+    pipeline: Pipeline
+    run: Run
+
+
+for _model in (Apply, Call, UserCall, BinOp, Unary, Compare, ListOf, Index, LayerSpec, Objective, Metric):
+    _model.model_rebuild()
