@@ -137,8 +137,9 @@ DATA_SOURCES: dict[str, DataSource] = {d.signature.name: d for d in (
                     "8x8 digits; label_noise flips that fraction of the first split's labels", 0, 0,
                     standardize=(True, False), **_COMMON),
                ("x", "y", "y_clean", "noisy"), _TABLE_SIZES, default_split=(0.5, 0.25, 0.25)),
-    DataSource(_sig("classification", "classification(n=1000, features=20, classes=2, split=..., seed=0)",
-                    0, 0, n=ANY, features=ANY, classes=ANY, separation=ANY, **_COMMON),
+    DataSource(_sig("classification", "classification(n=1000, features=20, informative=features, classes=2, split=..., seed=0): "
+                    "Gaussian clusters; only the first `informative` features carry signal",
+                    0, 0, n=ANY, features=ANY, informative=ANY, classes=ANY, separation=ANY, **_COMMON),
                ("x", "y", "y_clean", "noisy"), _TABLE_SIZES, default_split=(0.6, 0.2, 0.2)),
     DataSource(_sig("regression", "regression(n=1000, features=20, noise=0.1, split=..., seed=0)",
                     0, 0, n=ANY, features=ANY, noise=ANY, split=ANY, seed=ANY, batch=ANY),

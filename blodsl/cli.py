@@ -82,13 +82,15 @@ def summary(program: ir.Program) -> str:
     if data:
         lines.append(f"  data      {data}")
     for level in (program.upper, program.lower):
-        decls = [f"var {v.name}[{', '.join(_dim(d) for d in v.shape)}]" for v in level.variables]
+        decls = [f"var {v.name}" + (f"[{', '.join(_dim(d) for d in v.shape)}]" if v.shape else " (scalar)")
+                 for v in level.variables]
         decls += [f"model {m.name} = {_spec(m.spec)}" for m in level.models]
-        what = f"{'; '.join(decls)}; {_call(level.optimizer.name, level.optimizer.args)}"
+        how = _call(level.optimizer.name, level.optimizer.args)
         if level.level == "lower":
             start = f"from {level.start.source}" if level.start.mode == "from" else level.start.mode
-            what += f" x {level.steps} steps, {start} start"
-        lines.append(f"  {level.level:<9} {what}")
+            how += f", {level.steps} step{'s' if level.steps != 1 else ''} per outer step, {start} start"
+        lines.append(f"  {level.level:<9} {'; '.join(decls)}")
+        lines.append(f"  {'':<9} {how}")
     lines.append(f"  pipeline  {program.pipeline.text}")
     run = program.run
     metrics = ", ".join(m.name for m in run.metrics) or "none"

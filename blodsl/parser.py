@@ -56,13 +56,16 @@ class Newlines:
 
     def __init__(self):
         self.open: list[Token] = []
+        self.block_names: dict[tuple[int, int], str] = {}  # position of '{' -> the block's name
 
     def process(self, stream):
-        self.open = []
+        self.open, self.block_names = [], {}
         last = None
         for token in stream:
             if token.type in _OPENERS:
                 self.open.append(token)
+                if token.type == "LBRACE" and last is not None and last.type == "NAME":
+                    self.block_names[(token.line, token.column)] = str(last)
             elif token.type in _CLOSERS and self.open and self.open[-1].type == _CLOSERS[token.type]:
                 self.open.pop()
             if token.type == "_NL":
@@ -216,7 +219,7 @@ def decode(data: bytes, path: str) -> Source:
         source = Source(path, data[: data.find(b"\n", bad) if b"\n" in data[bad:] else len(data)]
                         .decode("utf-8", errors="replace"))
         raise BloError([Diagnostic(
-            f"this is not a .blo program: byte 0x{data[bad]:02x} is not UTF-8 text",
+            f"this is not a .blo program: it holds byte 0x{data[bad]:02x}, which is not UTF-8 text",
             Span.point(line, col),
             fix="a .blo file is UTF-8 text; check that the right file was given")], source)
     return Source(path, text.removeprefix("\ufeff"))
@@ -234,7 +237,7 @@ def parse(source: Source) -> ast.Program:
     except UnexpectedCharacters as e:
         raise BloError([_bad_character(e, source)], source) from None
     except UnexpectedToken as e:
-        raise BloError([_unexpected_token(e, parser, postlex.open)], source) from None
+        raise BloError([_unexpected_token(e, parser, postlex)], source) from None
     except LarkError as e:  # any other parser failure still gets a location
         raise BloError([Diagnostic(f"cannot parse this program: {e}", Span.point(1, 1))], source) from None
 
@@ -279,27 +282,41 @@ def _token_words(token: Token) -> str:
     return f"'{token}'"
 
 
-def _unexpected_token(e: UnexpectedToken, parser: Lark, still_open: list[Token]) -> Diagnostic:
+def _unexpected_token(e: UnexpectedToken, parser: Lark, postlex: Newlines) -> Diagnostic:
     token = e.token
+    # The lexer may stop at `token` before the post-lexer sees it: leave it out.
+    still_open = [t for t in postlex.open if (t.line, t.column) != (token.line, token.column)]
+    blocks = [t for t in still_open if t.type == "LBRACE"]
     if token.type == "$END" or token.line is None:
         if still_open:
             opener = still_open[-1]
             closer = _OPENERS[opener.type]
-            return Diagnostic(f"'{opener}' opened here is never closed", _span(opener),
+            what = f"the '{postlex.block_names[(opener.line, opener.column)]}' block" \
+                if (opener.line, opener.column) in postlex.block_names else f"'{opener}'"
+            return Diagnostic(f"{what} opened here is never closed", _span(opener),
                               fix=f"add the matching '{closer}'")
         return Diagnostic("the file ends in the middle of a statement",
                           Span.point(max(1, token.line or 1), max(1, token.column or 1)))
     where = _span(token)
-    if token.type == "RBRACE" and not any(t.type == "LBRACE" for t in still_open):
+    brackets = [t for t in still_open if t.type != "LBRACE"]
+    if brackets and token.line > brackets[-1].line:
+        opener = brackets[-1]
+        return Diagnostic(f"'{opener}' opened here is not closed", _span(opener),
+                          notes=[(where, "the statement runs on into this line")],
+                          fix=f"add the matching '{_OPENERS[opener.type]}'")
+    if token.type == "RBRACE" and not blocks:
         return Diagnostic("'}' closes no block", where, fix="remove it, or open the block with `name {`")
     expected = sorted(e.expected, key=lambda t: (t not in ("_NL", "RBRACE"), t))
     words = list(dict.fromkeys(_describe(t, parser) for t in expected))
     shown = ", ".join(words[:6]) + (", ..." if len(words) > 6 else "")
     message = f"unexpected {_token_words(token)}; expected {shown}"
     fix = None
-    if token.type == "LBRACE" and any(t.type == "LBRACE" for t in still_open[:-1]):
-        message = "blocks cannot be nested"
-        fix = "close the enclosing block with '}' before opening another"
+    if token.type == "LBRACE" and blocks:
+        outer = blocks[-1]
+        name = postlex.block_names.get((outer.line, outer.column), "enclosing")
+        return Diagnostic(f"a block cannot open inside the '{name}' block", where,
+                          notes=[(_span(outer), f"the '{name}' block opened here is not closed")],
+                          fix=f"close the '{name}' block with '}}' before this line")
     elif token.type == "_NL" and "EQUAL" in e.expected:
         message = "incomplete statement: expected '=' and a value"
         fix = "write `name = value`"

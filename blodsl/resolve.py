@@ -74,6 +74,7 @@ class Resolver:
         self.symbols: dict[str, Symbol] = {}
         self.used: set[str] = set()
         self.declared: dict[str, list] = {"upper": [], "lower": []}
+        self.misspelt: set[tuple[str, str]] = set()  # (block, key) an unknown name was taken for
 
     # --- helpers -------------------------------------------------------------
 
@@ -99,7 +100,14 @@ class Resolver:
             self.problems.append(e.diagnostic)
             return REQUIRED  # marks "no value"; callers skip it
 
+    def declare_broken(self, name: ast.Ident):
+        """A declaration already reported as wrong: its name exists, so uses raise no more errors."""
+        self.symbols.setdefault(name.text, Symbol("broken", name.span))
+
     def declare(self, name: ast.Ident, symbol: Symbol) -> bool:
+        if name.text in self.symbols and self.symbols[name.text].kind == "broken":
+            self.symbols[name.text] = symbol
+            return True
         if name.text in self.symbols:
             first = self.symbols[name.text]
             self.error(f"'{name.text}' is already declared", name.span,
@@ -178,6 +186,10 @@ class Resolver:
                     if kind.text not in BLOCKS:
                         self.error(f"unknown block '{kind.text}'", kind.span,
                                    fix=suggest(kind.text, BLOCKS) or "blocks are: " + ", ".join(BLOCKS))
+                        self.misspelt |= {("top", b) for b in BLOCKS if suggest(kind.text, [b])}
+                        for stmt in item.body:
+                            for name in _declared_names(stmt):
+                                self.declare_broken(name)
                     elif kind.text in blocks:
                         self.error(f"a second '{kind.text}' block", kind.span,
                                    notes=[(blocks[kind.text].kind.span, "the first is here")],
@@ -209,7 +221,7 @@ class Resolver:
             "lower": "add a lower block with a model, an objective, an optimizer and steps",
         }
         for kind in ("upper", "lower"):
-            if kind not in blocks:
+            if kind not in blocks and ("top", kind) not in self.misspelt:
                 self.error(f"the program has no {kind} block", Span.point(1, 1), fix=missing_fix[kind])
         if "hypergradient" not in top:
             self.error("the program has no hypergradient pipeline", Span.point(1, 1),
@@ -253,13 +265,18 @@ class Resolver:
         for stmt in block.body:
             match stmt:
                 case ast.Setting(key=name, value=value):
-                    datasets += self.dataset([name], value)
+                    datasets += self.dataset([name], value) or self.broken([name])
                 case ast.Destructure(names=names, value=value):
-                    datasets += self.dataset(names, value)
+                    datasets += self.dataset(names, value) or self.broken(names)
                 case ast.Declaration(keyword=kw, span=span):
                     self.error(f"'{kw}' declarations do not belong in the data block", span,
                                fix="declare datasets as `name = source(...)`, e.g. `train, test = digits(split=[0.8, 0.2])`")
         return datasets
+
+    def broken(self, names: list[ast.Ident]) -> list:
+        for name in names:
+            self.declare_broken(name)
+        return []
 
     def dataset(self, names: list[ast.Ident], value: ast.Expr) -> list[ir.Dataset]:
         if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
@@ -363,7 +380,10 @@ class Resolver:
                 self.error("metrics belong in the run block", stmt.span, fix="move this line into `run { ... }`")
                 continue
             decl = self.variable(stmt, level) if stmt.keyword == "var" else self.model(stmt, level)
-            if decl is not None and self.declare(stmt.name, Symbol(stmt.keyword, stmt.name.span, level, decl)):
+            if decl is None:
+                self.declare_broken(stmt.name)
+                self.declared[level].append(None)
+            elif self.declare(stmt.name, Symbol(stmt.keyword, stmt.name.span, level, decl)):
                 self.declared[level].append(decl)
 
     def variable(self, stmt: ast.Declaration, level: str) -> ir.Variable | None:
@@ -400,6 +420,8 @@ class Resolver:
             return expr.value
         if isinstance(expr, ast.Attribute) and isinstance(expr.obj, ast.Name):
             sym = self.symbols.get(expr.obj.id)
+            if sym and sym.kind == "broken":
+                return None
             if sym and sym.kind == "dataset":
                 self.used.add(expr.obj.id)
                 if expr.attr.text in sym.decl.sizes:
@@ -476,6 +498,7 @@ class Resolver:
                     self.error(f"unknown setting '{key}' in the {level} block{where}", stmt.key.span,
                                fix=suggest(key, LEVEL_SETTINGS[level])
                                or f"the {level} block sets: " + ", ".join(LEVEL_SETTINGS[level]))
+                    self.misspelt |= {(level, k) for k in LEVEL_SETTINGS[level] if suggest(key, [k])}
                 elif key in settings:
                     self.error(f"'{key}' is set twice", stmt.key.span,
                                notes=[(settings[key].key.span, "first set here")])
@@ -488,12 +511,14 @@ class Resolver:
                             if level == "upper" else "declare its model, e.g. `model net = Linear(64, 10)`"))
         needed = ("objective", "optimizer") + (("steps",) if level == "lower" else ())
         for key in needed:
-            if key not in settings:
+            if key not in settings and (level, key) not in self.misspelt:
                 example = {"objective": "objective = mse(net(train.x), train.y)",
                            "optimizer": "optimizer = SGD(lr=0.1)" if level == "lower" else "optimizer = Adam(lr=0.01)",
                            "steps": "steps = 10"}[key]
                 self.error(f"the {level} level has no {key}", block.close_span or block.kind.span,
                            fix=f"add `{example}` to the {level} block")
+        if None in declared:
+            return None  # a declaration was wrong and has been reported
         objective = self.objective(settings["objective"], level) if "objective" in settings else None
         optimizer = self.optimizer(settings["optimizer"], level) if "optimizer" in settings else None
         steps = start = None
@@ -642,6 +667,8 @@ class Resolver:
                            or "declare it with `var`, `model`, or in the data block")
             return None
         self.used.add(name)
+        if sym.kind == "broken":
+            return None
         if sym.kind == "var":
             return ir.VarRef(level=sym.level, name=name), "tensor"
         if sym.kind == "model":
@@ -660,6 +687,8 @@ class Resolver:
         head = e.obj.id if isinstance(e.obj, ast.Name) else None
         sym = self.symbols.get(head) if head else None
         attr = e.attr.text
+        if sym and sym.kind == "broken":
+            return None
         if sym and sym.kind == "dataset":
             self.used.add(head)
             ds = sym.decl
@@ -695,6 +724,8 @@ class Resolver:
         sym = self.symbols.get(name)
         if sym is not None:
             self.used.add(name)
+            if sym.kind == "broken":
+                return None
             if sym.kind == "model":
                 if e.kwargs:
                     self.error("a model is applied to its inputs only", e.kwargs[0].span)
@@ -873,7 +904,8 @@ class Resolver:
                        fix=f"evaluate the lower level's solution, e.g. {_example_apply(lower)}")
         start_from = lower.start.source if lower.start.mode == "from" else None
         for decl in upper.variables + upper.models:
-            if ("upper", decl.name) not in lower_obj | upper_obj and decl.name != start_from:
+            iad_reports_it = "IAD" in ops and start_from is None
+            if ("upper", decl.name) not in lower_obj | upper_obj and decl.name != start_from and not iad_reports_it:
                 span = self.symbols[decl.name].span
                 self.error(f"upper-level '{decl.name}' is never used: its hypergradient would be identically zero",
                            span, fix=f"use {decl.name} in the lower objective (or the upper one), or remove it")
@@ -963,6 +995,14 @@ def references(expr) -> set[tuple[str, str]]:
     return found
 
 
+def _declared_names(stmt) -> list[ast.Ident]:
+    if isinstance(stmt, ast.Destructure):
+        return stmt.names
+    if isinstance(stmt, ast.Declaration):
+        return [stmt.name]
+    return [stmt.key] if isinstance(stmt, ast.Setting) else []
+
+
 def _structure(decl):
     if isinstance(decl, ir.Model):
         return ("model", decl.spec)
@@ -1028,7 +1068,7 @@ def _data_arg_problem(key: str, v) -> str | None:
     elif key in ("seed",):
         if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
             return "must be an integer >= 0"
-    elif key in ("batch", "n", "features", "classes", "tasks", "shots", "queries"):
+    elif key in ("batch", "n", "features", "informative", "classes", "tasks", "shots", "queries"):
         if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             return "must be an integer >= 1"
     elif key in ("amplitude", "phase", "x_range"):
