@@ -117,8 +117,9 @@ def _read_op(item: ast.Expr, problems: list[Diagnostic]) -> WrittenOp | None:
             problems.append(Diagnostic(f"parameter '{key}' is given twice", kw.name.span))
             continue
         spans[key] = kw.value.span
-        try:
-            value = constant(kw.value, what=f"{name}'s {key}", words=param.choices)
+        try:  # a choice may be written bare, strategy=s2, or quoted
+            words = (kw.value.id,) if param.choices and isinstance(kw.value, ast.Name) else ()
+            value = constant(kw.value, what=f"{name}'s {key}", words=words)
         except NotConstant as e:
             problems.append(e.diagnostic)
             continue
@@ -196,7 +197,7 @@ def check_composition(ops: list[WrittenOp]) -> list[Diagnostic]:
         problems.append(Diagnostic(
             f"{last.op.name} modifies what the next operator differentiates, so it cannot end the pipeline",
             last.span, fix=f"end with a hypergradient operator, e.g. `... -> {last.op.name} -> RAD`"))
-    elif not last.op.terminal:
+    elif not last.op.terminal and last.op.stage != FIRST_ORDER:
         problems.append(Diagnostic(
             "the pipeline has no hypergradient operator", last.span,
             fix=f"end it with one of {', '.join(TERMINALS)}, e.g. `{last.op.name} -> RAD`"))

@@ -1,0 +1,73 @@
+"""The command line: exit statuses, stages, and what reaches the terminal."""
+
+import json
+import subprocess
+import sys
+
+from conftest import BAD, run_cli
+
+
+def test_check_summarises_a_valid_program(in_root):
+    status, out, err = run_cli("check", "programs/hyper_cleaning.blo")
+    assert status == 0 and err == ""
+    assert out.splitlines() == [
+        "programs/hyper_cleaning.blo: ok",
+        "  data      train (digits part 1), val (digits part 2), test (digits part 3)",
+        "  upper     var w[train.n]",
+        "            Adam(lr=0.1)",
+        "  lower     model net = Linear(train.features, train.classes)",
+        "            SGD(lr=0.5, momentum=0.9, weight_decay=0.0, nesterov=False), 20 steps per outer step, warm start",
+        "  pipeline  NGD -> RAD",
+        "  run       100 outer steps, metrics test_accuracy, flagged_f1 every 10; seed 0, device auto, float32",
+    ]
+
+
+def test_several_files_exit_1_if_any_is_invalid(in_root):
+    status, out, err = run_cli("check", "programs/hyper_cleaning.blo", "compiler_tests/bad/foa_without_iad.blo")
+    assert status == 1
+    assert "programs/hyper_cleaning.blo: ok" in out
+    assert "compiler_tests/bad/foa_without_iad.blo:19:17: error: FOA needs IAD" in err
+
+
+def test_missing_file_is_a_command_line_error(tmp_path):
+    status, out, err = run_cli("check", str(tmp_path / "nope.blo"))
+    assert status == 2
+    assert err == f"blodsl: error: cannot read '{tmp_path / 'nope.blo'}': No such file or directory\n"
+
+
+def test_directory_is_a_command_line_error(tmp_path):
+    status, _, err = run_cli("check", str(tmp_path))
+    assert status == 2 and err.startswith("blodsl: error: cannot read")
+
+
+def test_usage_errors_exit_2():
+    assert run_cli()[0] == 2
+    assert run_cli("check")[0] == 2
+    assert run_cli("frobnicate")[0] == 2
+    status, _, err = run_cli("compile", "x.blo", "--emit", "llvm")
+    assert status == 2 and "invalid choice: 'llvm'" in err
+
+
+def test_compile_emits_ast_and_ir(in_root):
+    status, out, _ = run_cli("compile", "programs/sinusoid_maml.blo", "--emit", "ast")
+    assert status == 0 and out.startswith("Program")
+    assert "Declaration" in out and "@27:5" in out  # positions shown as line:col
+    status, out, _ = run_cli("compile", "programs/sinusoid_maml.blo", "--emit", "ir")
+    program = json.loads(out)
+    assert status == 0
+    assert [op["name"] for op in program["pipeline"]["operators"]] == ["NGD", "IAD"]
+    assert program["lower"]["start"] == {"mode": "from", "source": "meta", "line": 31}
+
+
+def test_compile_of_an_invalid_program_exits_1(in_root):
+    status, out, err = run_cli("compile", "compiler_tests/bad/undefined_name.blo")
+    assert status == 1 and out == "" and "undefined name 'vall'" in err
+
+
+def test_real_process_shows_no_traceback():
+    """The installed entry point, as a user runs it, on an invalid program and junk bytes."""
+    for name in ("unterminated_string.blo", "binary.blo"):
+        done = subprocess.run([sys.executable, "-m", "blodsl", "check", name], cwd=BAD,
+                              capture_output=True, text=True)
+        assert done.returncode == 1
+        assert "Traceback" not in done.stderr and done.stderr.startswith(f"{name}:")

@@ -1,0 +1,130 @@
+"""Every composition rule of OPERATORS.md: at least one pipeline accepted and one rejected,
+checked as whole programs so the program-dependent rules (steps, IAD structure) count too."""
+
+import pytest
+
+from helpers import BASE, META, check_text, errors_of, program
+
+GAFFO = """data {
+    train, val = regression(features=5, split=[0.5, 0.5])
+}
+upper {
+    var v = zeros(train.features)
+    objective = mean((val.x @ w - val.y) ** 2) + sum(v ** 2)
+    optimizer = Adam(lr=0.1)
+}
+lower {
+    var w = zeros(train.features)
+    objective = mean((train.x @ w - train.y) ** 2) + sum((w - v) ** 2)
+    optimizer = SGD(lr=0.1)
+    steps = 5
+}
+hypergradient = GAFFO(lambda=0.5)
+"""
+
+ACCEPTED = [
+    # stage order: dynamics modifiers, core, trajectory modifiers, IAD, terminal
+    ("full canonical chain", program(hypergradient="hypergradient = GDA(alpha=0.3) -> DI -> PTT -> RGT(truncate=5) -> RAD")),
+    ("explicit NGD", program(hypergradient="hypergradient = NGD -> RAD")),
+    ("every terminal alone", program(hypergradient="hypergradient = CG(k=3)")),
+    ("NS", program(hypergradient="hypergradient = NS(k=5, alpha=0.1)")),
+    ("NYSTROM", program(hypergradient="hypergradient = NYSTROM(rank=3, rho=0.5)")),
+    ("IGA", program(hypergradient="hypergradient = IGA")),
+    ("FD", program(hypergradient="hypergradient = FD(r=0.05)")),
+    ("first-order method alone", program(hypergradient="hypergradient = VFO(u1=0.2)")),
+    ("PGDO choice parameter", program(hypergradient="hypergradient = PGDO(penalty=gradient)")),
+    ("ALTO when F depends on x directly",
+     program(BASE.replace("objective = cross_entropy(net(val.x), val.y)",
+                          "objective = cross_entropy(net(val.x), val.y) + 1e-3 * sum(w ** 2)"),
+             hypergradient="hypergradient = ALTO")),
+    ("FOA with IAD", program(META, hypergradient="hypergradient = FOA -> IAD")),
+    ("IAD alone", META),
+    ("IAD handing on to CG", program(META, hypergradient="hypergradient = IAD -> CG(k=5)")),
+    ("IAD handing on to RAD after FOA", program(META, hypergradient="hypergradient = FOA -> IAD -> RAD")),
+    ("DI without IAD", program(hypergradient="hypergradient = DI -> RAD")),
+    ("RGT with FD absent", program(hypergradient="hypergradient = RGT(truncate=19) -> RAD")),
+    ("DM with CG and one step", program(steps="steps = 1", hypergradient="hypergradient = DM -> CG")),
+    ("DM with RAD and one step", program(steps="steps = 1", hypergradient="hypergradient = DM(strategy=s2) -> RAD")),
+    ("GAFFO on identical structures", GAFFO),
+]
+
+REJECTED = [
+    ("wrong order", program(hypergradient="hypergradient = PTT -> DI -> RAD"), "DI cannot come after PTT"),
+    ("terminal first", program(hypergradient="hypergradient = RAD -> PTT"), "PTT cannot come after RAD"),
+    ("first-order combined", program(hypergradient="hypergradient = VFO -> RAD"), "VFO is a first-order method"),
+    ("first-order last", program(hypergradient="hypergradient = RAD -> MESO"), "MESO is a first-order method"),
+    ("lowercase", program(hypergradient="hypergradient = rad"), "unknown operator 'rad'"),
+    ("mixed case", program(hypergradient="hypergradient = Cg(k=3)"), "unknown operator 'Cg'"),
+    ("unknown", program(hypergradient="hypergradient = CGG"), "unknown operator 'CGG'"),
+    ("duplicate", program(hypergradient="hypergradient = PTT -> PTT -> RAD"), "PTT appears twice"),
+    ("two cores", program(steps="steps = 1", hypergradient="hypergradient = NGD -> DM -> CG"),
+     "NGD and DM are both dynamics cores"),
+    ("two terminals", program(hypergradient="hypergradient = CG -> NS"), "CG and NS are both terminal"),
+    ("GDA last", program(hypergradient="hypergradient = GDA"), "GDA modifies what the next operator"),
+    ("DI last", program(hypergradient="hypergradient = DI"), "DI modifies what the next operator"),
+    ("PTT last", program(hypergradient="hypergradient = PTT"), "PTT modifies what the next operator"),
+    ("RGT last", program(hypergradient="hypergradient = RGT(truncate=3)"), "RGT modifies what the next operator"),
+    ("core without terminal", program(steps="steps = 1", hypergradient="hypergradient = DM"),
+     "the pipeline has no hypergradient operator"),
+    ("DI with IAD", program(META, hypergradient="hypergradient = DI -> IAD"),
+     "DI and IAD cannot be combined"),
+    ("FOA without IAD", program(hypergradient="hypergradient = FOA -> RAD"), "FOA needs IAD"),
+    ("FD with RGT", program(hypergradient="hypergradient = RGT(truncate=3) -> FD"), "FD and RGT cannot be combined"),
+    ("DM with NS", program(steps="steps = 1", hypergradient="hypergradient = DM -> NS"), "DM needs CG or RAD"),
+    ("DM with many steps", program(hypergradient="hypergradient = DM -> CG"), "needs one inner step per outer step"),
+    ("RGT truncating all steps", program(hypergradient="hypergradient = RGT(truncate=20) -> RAD"),
+     "RGT(truncate=20) must truncate fewer than the 20 inner steps"),
+    ("RGT truncate zero", program(hypergradient="hypergradient = RGT(truncate=0) -> RAD"),
+     "RGT's truncate must be an integer > 0"),
+    ("RGT needs truncate", program(hypergradient="hypergradient = RGT -> RAD"), "RGT needs its parameter 'truncate'"),
+    ("IAD on different structures", program(META, **{"model learner": "model learner = MLP(1, [16], 1)"}),
+     "IAD needs upper and lower variables of identical structure"),
+    ("IAD without start", program(META, start=None), "IAD learns the lower level's initial value"),
+    ("start from without IAD", program(META, hypergradient="hypergradient = RAD"),
+     "only IAD differentiates"),
+    ("ALTO with zero gradient", program(hypergradient="hypergradient = ALTO"), "ALTO's hypergradient"),
+    ("GAFFO on different structures", program(hypergradient="hypergradient = GAFFO"),
+     "GAFFO needs upper and lower variables of identical structure"),
+    ("parameter of wrong type", program(hypergradient="hypergradient = CG(k=2.5)"), "CG's k must be an integer >= 1"),
+    ("parameter out of range", program(hypergradient="hypergradient = GDA(alpha=1) -> RAD"),
+     "GDA's alpha must be a number in [0, 1)"),
+    ("unknown parameter", program(hypergradient="hypergradient = NS(kk=3)"), "NS has no parameter 'kk'"),
+    ("bad choice", program(steps="steps = 1", hypergradient="hypergradient = DM(strategy=s4) -> CG"),
+     "DM's strategy must be one of s1, s2, s3"),
+    ("positional parameter", program(hypergradient="hypergradient = CG(10)"), "CG takes keyword arguments only"),
+]
+
+
+@pytest.mark.parametrize("name,text", ACCEPTED, ids=[a[0] for a in ACCEPTED])
+def test_accepted(name, text):
+    assert errors_of(text) == []
+
+
+@pytest.mark.parametrize("name,text,message", REJECTED, ids=[r[0] for r in REJECTED])
+def test_rejected(name, text, message):
+    errors = errors_of(text)
+    assert any(message in e for e in errors), errors
+
+
+def test_wrong_order_fix_shows_the_canonical_order_and_nothing_is_reordered():
+    from blodsl.diagnostics import BloError
+    text = program(hypergradient="hypergradient = RGT(truncate=3) -> GDA(alpha=0.2) -> DI -> RAD")
+    with pytest.raises(BloError) as raised:
+        check_text(text)
+    (diag,) = raised.value.diagnostics
+    assert diag.fix == "write `hypergradient = GDA(alpha=0.2) -> DI -> RGT(truncate=3) -> RAD`"
+    assert (diag.span.line, diag.span.col) == (15, 36)  # at GDA, the first out of place
+
+
+def test_first_order_module_lists_each_rule_once_per_violation():
+    """Two independent violations give two messages, each at its own operator."""
+    errors = errors_of(program(hypergradient="hypergradient = FOA -> RGT(truncate=3) -> FD"))
+    assert sorted(errors) == sorted([
+        "FD and RGT cannot be combined: FD differentiates at the final lower solution only; "
+        "there is no back-propagated trajectory for RGT to truncate",
+        "FOA needs IAD in the pipeline: without IAD the first-order hypergradient is identically zero",
+    ])
+
+
+def test_base_programs_are_valid():
+    assert errors_of(BASE) == [] and errors_of(META) == []
