@@ -1,8 +1,9 @@
 """The checked program: what the resolver produces and the engine consumes.
 
 Every name is resolved (a reference says which level or dataset it belongs
-to), every default is filled in, and every operator parameter is explicit,
-so lowering never looks back at the source text. Each statement keeps the
+to), and every operator parameter and inner-optimiser argument is explicit,
+defaults included, so lowering never looks back at the source text. Data
+source arguments are kept as written; their defaults belong to the loaders. Each statement keeps the
 line it came from, for `# prog.blo:LINE` comments in generated code.
 `Program.model_dump_json(indent=2)` is `blodsl compile --emit ir`.
 """

@@ -118,8 +118,7 @@ def _read_op(item: ast.Expr, problems: list[Diagnostic]) -> WrittenOp | None:
             continue
         spans[key] = kw.value.span
         try:  # a choice may be written bare, strategy=s2, or quoted
-            words = (kw.value.id,) if param.choices and isinstance(kw.value, ast.Name) else ()
-            value = constant(kw.value, what=f"{name}'s {key}", words=words)
+            value = constant(kw.value, what=f"{name}'s {key}", words=bool(param.choices))
         except NotConstant as e:
             problems.append(e.diagnostic)
             continue

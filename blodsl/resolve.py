@@ -93,7 +93,7 @@ class Resolver:
         lines[0], lines[-1] = lines[0][span.col - 1:], lines[-1][: span.end_col - 1]
         return " ".join(part.strip() for part in lines)
 
-    def const(self, expr: ast.Expr, what: str, words=()):
+    def const(self, expr: ast.Expr, what: str, words: bool = False):
         try:
             return constant(expr, what=what, words=words)
         except NotConstant as e:
@@ -149,7 +149,7 @@ class Resolver:
             choices = sig.keywords[key]
             if choices:
                 value = self.const(kw.value, f"{sig.name}'s {key}",
-                                   words=tuple(c for c in choices if isinstance(c, str)))
+                                   words=any(isinstance(c, str) for c in choices))
                 if value is REQUIRED:
                     ok = False
                 elif value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
@@ -595,7 +595,7 @@ class Resolver:
                 return REQUIRED
             self.used.add(source.id)
             return ir.Start(mode="from", source=source.id, line=setting.span.line)
-        mode = self.const(value, "start", words=("warm", "reinit"))
+        mode = self.const(value, "start", words=True)
         if mode not in ("warm", "reinit"):
             if mode is not REQUIRED:
                 self.error(f"start must be warm, reinit or from(model), not {mode!r}", value.span, fix=fix)
@@ -845,7 +845,7 @@ class Resolver:
                     ok = False
                     continue
                 seen[key] = stmt
-                v = self.const(stmt.value, key, words=("auto", "cpu", "cuda", "float32", "float64"))
+                v = self.const(stmt.value, key, words=key in ("device", "dtype"))
                 problem = _run_setting_problem(key, v) if v is not REQUIRED else "is not a constant"
                 if problem:
                     if v is not REQUIRED:

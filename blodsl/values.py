@@ -13,15 +13,16 @@ class NotConstant(Exception):
         self.diagnostic = diagnostic
 
 
-def constant(expr: ast.Expr, *, what: str = "this value", words: tuple[str, ...] = ()):
-    """The Python value of a constant expression. Bare names in `words` stand
-    for themselves (so `start = warm` reads like `start = "warm"`)."""
+def constant(expr: ast.Expr, *, what: str = "this value", words: bool = False):
+    """The Python value of a constant expression. With `words`, a bare name
+    stands for itself, so `start = warm` reads like `start = "warm"`; the
+    caller then checks it is one of the words it knows."""
     match expr:
         case ast.Number(value=v) | ast.String(value=v):
             return v
         case ast.Name(id=word) if word in WORDS:
             return WORDS[word]
-        case ast.Name(id=word) if word in words:
+        case ast.Name(id=word) if words:
             return word
         case ast.UnaryOp(op=op, operand=operand):
             v = constant(operand, what=what)
