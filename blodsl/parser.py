@@ -84,7 +84,7 @@ class Newlines:
 def _lark() -> tuple[Lark, Newlines]:
     postlex = Newlines()
     parser = Lark(grammar_text(), parser="lalr", lexer="contextual", postlex=postlex,
-                  propagate_positions=True, maybe_placeholders=False, cache=False)
+                  propagate_positions=True, maybe_placeholders=False, cache=True)
     return parser, postlex
 
 
