@@ -53,12 +53,15 @@ class Source:
     text: str
 
     def line(self, number: int) -> str:
-        lines = self.text.splitlines()
-        return lines[number - 1] if 0 < number <= len(lines) else ""
+        # Only '\n' ends a line, as for the parser (str.splitlines also splits on form feeds).
+        lines = self.text.split("\n")
+        return lines[number - 1].removesuffix("\r") if 0 < number <= len(lines) else ""
 
 
-def suggest(word: str, candidates, *, hint: str = "") -> str | None:
+def suggest(word: str | None, candidates, *, hint: str = "") -> str | None:
     """'did you mean ...?' for a misspelt name, or None when nothing is close."""
+    if not word:
+        return None
     candidates = list(candidates)
     exact_case = [c for c in candidates if c.lower() == word.lower()]
     close = exact_case or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
@@ -67,14 +70,25 @@ def suggest(word: str, candidates, *, hint: str = "") -> str | None:
     return f"did you mean '{close[0]}'?" + (f" {hint}" if hint else "")
 
 
+MAX_WIDTH = 120  # longer source lines are shown as a window around the caret
+
+
 def _excerpt(source: Source, span: Span, gutter: int) -> list[str]:
     text = source.line(span.line).replace("\t", " ")
     end = span.end_col if span.end_line == span.line else len(text) + 1
     width = max(1, min(end, len(text) + 1) - span.col)
+    caret = span.col - 1
+    if len(text) > MAX_WIDTH:
+        start = max(0, min(caret - MAX_WIDTH // 3, len(text) - MAX_WIDTH))
+        prefix = "..." if start else ""
+        suffix = "..." if start + MAX_WIDTH < len(text) else ""
+        text = prefix + text[start:start + MAX_WIDTH] + suffix
+        caret += len(prefix) - start
+        width = max(1, min(width, len(text) - len(suffix) - caret))
     bar = " " * gutter
     return [
         f" {span.line:>{gutter}} | {text}",
-        f" {bar} | {' ' * (span.col - 1)}{'^' * width}",
+        f" {bar} | {' ' * caret}{'^' * width}",
     ]
 
 

@@ -15,7 +15,7 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedToken, VisitError
 
 from . import ast
@@ -225,10 +225,31 @@ def decode(data: bytes, path: str) -> Source:
     return Source(path, text.removeprefix("\ufeff"))
 
 
+MAX_DEPTH = 200  # nesting of the parse tree; deeper would exhaust Python's stack later on
+
+
+def _too_deep(tree) -> Diagnostic | None:
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, Tree):
+            continue
+        if depth > MAX_DEPTH:
+            meta = node.meta
+            where = Span.point(meta.line, meta.column) if not meta.empty else Span.point(1, 1)
+            return Diagnostic(f"this expression is nested too deeply (more than {MAX_DEPTH} levels)", where,
+                              fix="split it: compute parts in separate declarations or objectives")
+        stack.extend((child, depth + 1) for child in node.children)
+    return None
+
+
 def parse(source: Source) -> ast.Program:
     parser, postlex = _lark()
     try:
         tree = parser.parse(source.text)
+        too_deep = _too_deep(tree)
+        if too_deep:
+            raise BloError([too_deep], source)
         return ToAst().transform(tree)
     except VisitError as e:
         if isinstance(e.orig_exc, _SyntaxProblem):

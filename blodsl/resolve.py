@@ -85,7 +85,7 @@ class Resolver:
         self.problems.append(Diagnostic(message, span, fix=fix, severity="warning"))
 
     def text_of(self, span: Span) -> str:
-        lines = self.source.text.splitlines()[span.line - 1: span.end_line]
+        lines = self.source.text.split("\n")[span.line - 1: span.end_line]
         if not lines:
             return ""
         if len(lines) == 1:
