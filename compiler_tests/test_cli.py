@@ -75,11 +75,11 @@ def test_real_process_shows_no_traceback():
 
 def test_long_lines_are_shown_as_a_window_around_the_caret(tmp_path):
     path = tmp_path / "long.blo"
-    path.write_text("run {\n    outer_steps = " + " + ".join(["1"] * 60) + " + zzz\n}\n")
+    path.write_text("hypergradient = " + " -> ".join(["PTT"] * 40) + " -> zzz\n")
     status, _, err = run_cli("check", str(path))
     lines = err.splitlines()
-    at = next(i for i, line in enumerate(lines) if line.endswith("error: undefined name 'zzz'"))
+    at = next(i for i, line in enumerate(lines) if line.endswith("error: unknown operator 'zzz'"))
     excerpt, caret = lines[at + 1: at + 3]
     assert status == 1
-    assert len(excerpt) < 140 and excerpt.endswith("+ zzz")
+    assert len(excerpt) < 140 and excerpt.endswith("-> zzz")
     assert caret.index("^") == excerpt.index("zzz") and caret.endswith("^^^")
