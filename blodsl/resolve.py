@@ -1,10 +1,10 @@
 """Syntax tree -> checked program (blodsl.ir), or every problem found.
 
-The resolver gives each name its meaning (dataset, variable, model, built-in),
-checks each call against the tables in blodsl.builtins, checks the pipeline
-with blodsl.pipeline, and then the rules that need the whole program: which
-level each objective depends on, IAD's matching structures, DM's single
-inner step, RGT's truncation. It never imports torch or user code.
+The resolver declares every name (datasets, variables, models, imports),
+reads the blocks and their settings, and hands the rest to its parts:
+expressions (blodsl.expressions), the pipeline (blodsl.pipeline) and the
+rules over the whole program (blodsl.rules). It never imports torch or
+user code.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import ast, ir
-from .builtins import (DATA_SOURCES, FUNCTIONS, INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, METRICS,
-                       SEQUENTIAL, TAKES_MODEL, TORCH_OPTIMIZERS, DataSource, Signature)
+from .builtins import (DATA_SOURCES, INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, SEQUENTIAL,
+                       TORCH_OPTIMIZERS, DataSource, Signature)
 from .diagnostics import BloError, Diagnostic, Source, Span, suggest
+from .expressions import ExpressionResolver, builtin_kind
 from .operators import BY_NAME, FIRST_ORDER, FromProgram, REQUIRED
 from .pipeline import WrittenOp, canonical_text, check_composition, read_pipeline
-from .values import WORDS, NotConstant, constant
+from .rules import ProgramRules
+from .values import NotConstant, constant
 
 BLOCKS = ("data", "upper", "lower", "run")
 LEVEL_SETTINGS = {"upper": ("objective", "optimizer"),
@@ -66,7 +68,7 @@ def _position(d: Diagnostic):
     return (d.span.line, d.span.col) if d.span else (0, 0)
 
 
-class Resolver:
+class Resolver(ExpressionResolver, ProgramRules):
     def __init__(self, source: Source, base_dir: Path | None):
         self.source = source
         self.base_dir = base_dir
@@ -113,7 +115,7 @@ class Resolver:
             self.error(f"'{name.text}' is already declared", name.span,
                        notes=[(first.span, "first declared here")], fix="give it another name")
             return False
-        builtin = _builtin_kind(name.text)
+        builtin = builtin_kind(name.text)
         if builtin:
             self.error(f"'{name.text}' is the name of a built-in {builtin}", name.span,
                        fix="choose another name")
@@ -488,7 +490,7 @@ class Resolver:
         settings: dict[str, ast.Setting] = {}
         for stmt in block.body:
             if isinstance(stmt, ast.Destructure):
-                self.error(f"only the data block declares several names at once", stmt.span)
+                self.error("only the data block declares several names at once", stmt.span)
             elif isinstance(stmt, ast.Setting):
                 key = stmt.key.text
                 if key not in LEVEL_SETTINGS[level]:
@@ -602,187 +604,6 @@ class Resolver:
             return REQUIRED
         return ir.Start(mode=mode, line=setting.span.line)
 
-    # --- expressions ---------------------------------------------------------------
-
-    def expr(self, e: ast.Expr, metric: bool) -> tuple[ir.Expr, str] | None:
-        """(IR expression, kind) where kind is tensor, number, string, bool, model, list or None."""
-        match e:
-            case ast.Number(value=v):
-                return ir.Const(value=v), "number"
-            case ast.String(value=v):
-                return ir.Const(value=v), "string"
-            case ast.Name(id=word) if word in WORDS:
-                return ir.Const(value=WORDS[word]), "bool"
-            case ast.Name(id=name):
-                return self.name(e, name)
-            case ast.Attribute():
-                return self.attribute(e)
-            case ast.Call():
-                return self.call(e, metric)
-            case ast.BinOp(op=op, left=left, right=right) | ast.Compare(op=op, left=left, right=right):
-                sides = [self.value(left, metric), self.value(right, metric)]
-                if None in sides:
-                    return None
-                (l, lk), (r, rk) = sides
-                node = ir.BinOp if isinstance(e, ast.BinOp) else ir.Compare
-                kind = "number" if lk == rk == "number" and node is ir.BinOp else "tensor"
-                return node(op=op, left=l, right=r), kind
-            case ast.UnaryOp(op=op, operand=operand):
-                inner = self.value(operand, metric)
-                return None if inner is None else (ir.Unary(op=op, operand=inner[0]), inner[1])
-            case ast.Index(obj=obj, index=index):
-                parts = [self.value(obj, metric), self.value(index, metric)]
-                return None if None in parts else (ir.Index(obj=parts[0][0], index=parts[1][0]), "tensor")
-            case ast.ListExpr(items=items) | ast.TupleExpr(items=items):
-                parts = [self.value(i, metric) for i in items]
-                return None if None in parts else (ir.ListOf(items=[p[0] for p in parts]), "list")
-            case ast.Chain():
-                self.error("'->' joins the operators of the hypergradient pipeline and means nothing here",
-                           e.span, fix="write the pipeline on its own line: `hypergradient = PTT -> RAD`")
-                return None
-        self.error("unexpected expression", e.span)
-        return None
-
-    def value(self, e: ast.Expr, metric: bool) -> tuple[ir.Expr, str] | None:
-        """An expression used as a number or tensor (arithmetic operands, function arguments)."""
-        resolved = self.expr(e, metric)
-        if resolved is None:
-            return None
-        if resolved[1] == "model":
-            self.error(f"'{_head(e)}' is a model; apply it to data, e.g. {_head(e)}(train.x), or take its "
-                       f"weights with sqnorm({_head(e)})", e.span)
-            return None
-        return resolved
-
-    def name(self, e: ast.Name, name: str):
-        sym = self.symbols.get(name)
-        if sym is None:
-            kind = _builtin_kind(name)
-            if kind:
-                self.error(f"'{name}' is a built-in {kind} and is not a value", e.span,
-                           fix=_builtin_use(name, kind))
-            else:
-                self.error(f"undefined name '{name}'", e.span,
-                           fix=suggest(name, list(self.symbols) + list(FUNCTIONS))
-                           or "declare it with `var`, `model`, or in the data block")
-            return None
-        self.used.add(name)
-        if sym.kind == "broken":
-            return None
-        if sym.kind == "var":
-            return ir.VarRef(level=sym.level, name=name), "tensor"
-        if sym.kind == "model":
-            return ir.ModelRef(level=sym.level, name=name), "model"
-        if sym.kind == "dataset":
-            fields = ", ".join(f"{name}.{f}" for f in sym.decl.fields)
-            self.error(f"'{name}' is a dataset; use one of its tensors", e.span, fix=f"write one of {fields}")
-            return None
-        if sym.kind == "metric":
-            self.error(f"'{name}' is a metric and cannot be used in an expression", e.span)
-            return None
-        self.error(f"'{name}' is an imported function; call it", e.span, fix=f"write {name}(...)")
-        return None
-
-    def attribute(self, e: ast.Attribute):
-        head = e.obj.id if isinstance(e.obj, ast.Name) else None
-        sym = self.symbols.get(head) if head else None
-        attr = e.attr.text
-        if sym and sym.kind == "broken":
-            return None
-        if sym and sym.kind == "dataset":
-            self.used.add(head)
-            ds = sym.decl
-            if attr in ds.fields:
-                return ir.DataRef(dataset=head, field=attr), "tensor"
-            if attr in ds.sizes:
-                return ir.SizeRef(dataset=head, size=attr), "number"
-            self.error(f"dataset '{head}' has no field '{attr}'", e.attr.span,
-                       fix=suggest(attr, ds.fields + ds.sizes)
-                       or f"{head} has tensors {', '.join(ds.fields)} and sizes {', '.join(ds.sizes)}")
-            return None
-        if sym and sym.kind == "model":
-            self.used.add(head)
-            model = sym.decl
-            if model.spec.kind in ("user", "input") or attr in model.parameters:
-                return ir.ParamRef(level=sym.level, model=head, param=attr), "tensor"
-            if model.parameters:
-                fix = suggest(attr, model.parameters) or f"{model.spec.name}'s weights are " + ", ".join(model.parameters)
-            else:
-                fix = f"{model.spec.name}'s weights are not named one by one; use sqnorm({head}) or norm({head})"
-            self.error(f"model '{head}' has no weight '{attr}'", e.attr.span, fix=fix)
-            return None
-        if head and head not in self.symbols:
-            return self.name(e.obj, head)
-        self.error("only datasets (train.x) and models (net.weight) have attributes", e.span)
-        return None
-
-    def call(self, e: ast.Call, metric: bool):
-        if not isinstance(e.func, ast.Name):
-            self.error("only functions and models can be called", e.func.span)
-            return None
-        name = e.func.id
-        sym = self.symbols.get(name)
-        if sym is not None:
-            self.used.add(name)
-            if sym.kind == "broken":
-                return None
-            if sym.kind == "model":
-                if e.kwargs:
-                    self.error("a model is applied to its inputs only", e.kwargs[0].span)
-                    return None
-                if not e.args:
-                    self.error(f"model '{name}' needs an input", e.span, fix=f"write e.g. {name}(train.x)")
-                    return None
-                args = [self.value(a, metric) for a in e.args]
-                return None if None in args else (ir.Apply(level=sym.level, model=name, args=[a[0] for a in args]),
-                                                  "tensor")
-            if sym.kind == "import":
-                args = [self.expr(a, metric) for a in e.args]
-                kwargs = {kw.name.text: self.expr(kw.value, metric) for kw in e.kwargs}
-                if None in args or None in kwargs.values():
-                    return None
-                return ir.UserCall(ref=sym.decl, args=[a[0] for a in args],
-                                   kwargs={k: v[0] for k, v in kwargs.items()}), "tensor"
-            self.error(f"'{name}' is a {_symbol_words(sym.kind)}, not a function", e.func.span,
-                       fix=f"write {name}.x" if sym.kind == "dataset" else None)
-            return None
-        if name in METRICS and not metric:
-            self.error(f"{name} is a metric, not differentiable, and cannot be part of an objective", e.func.span,
-                       fix=f"report it from the run block: `metric {name}_test = {METRICS[name].summary.split(':')[0]}`")
-            return None
-        sig = FUNCTIONS.get(name) or METRICS.get(name)
-        if sig is None:
-            kind = _builtin_kind(name)
-            if kind:
-                self.error(f"{name} is a {kind} and cannot be called in an expression", e.func.span,
-                           fix=_builtin_use(name, kind))
-            else:
-                self.error(f"unknown function '{name}'", e.func.span,
-                           fix=suggest(name, list(FUNCTIONS) + list(METRICS))
-                           or 'built-ins: ' + ", ".join(FUNCTIONS) + '; for your own: import "pkg.module:function" as name')
-            return None
-        kwargs = self.check_signature(sig, e, "function")
-        if kwargs is None:
-            return None
-        args = []
-        for i, a in enumerate(e.args):
-            resolved = self.expr(a, metric) if name in TAKES_MODEL else self.value(a, metric)
-            if resolved is None:
-                return None
-            if name == "mix" and i == 1 and resolved[1] != "list":
-                self.error("mix's candidates are a list: mix(logits, [a(x), b(x)])", a.span)
-                return None
-            args.append(resolved[0])
-        kw = {}
-        for key, v in kwargs.items():
-            if isinstance(v, ast.Node):
-                c = self.const(v, f"{name}'s {key}")
-                if c is REQUIRED:
-                    return None
-                v = c
-            kw[key] = ir.Const(value=v)
-        return ir.Call(fn=name, args=args, kwargs=kw), "tensor"
-
     # --- the pipeline -------------------------------------------------------------
 
     def pipeline(self, setting: ast.Setting, lower: ir.LevelDecl | None, lower_block) -> ir.Pipeline | None:
@@ -882,117 +703,7 @@ class Resolver:
         return ir.Metric(name=stmt.name.text, expr=resolved[0], text=self.text_of(stmt.value.span),
                          rebind=rebind, line=stmt.span.line)
 
-    # --- rules over the whole program -----------------------------------------------
-
-    def whole_program(self, upper: ir.LevelDecl, lower: ir.LevelDecl, blocks, datasets) -> ir.LevelDecl:
-        """Checks rules across levels and the pipeline; returns the lower level with its start settled."""
-        settings = {s.key.text: s for s in blocks["lower"].body if isinstance(s, ast.Setting)}
-        upper_settings = {s.key.text: s for s in blocks["upper"].body if isinstance(s, ast.Setting)}
-        ops = {w.op.name: w for w in self.written_pipeline}
-        lower_obj = references(lower.objective.expr)
-        upper_obj = references(upper.objective.expr)
-        lower_names = {d.name for d in lower.variables + lower.models}
-        upper_names = {d.name for d in upper.variables + upper.models}
-
-        if not lower_obj & {("lower", n) for n in lower_names}:
-            self.error("the lower objective does not depend on the lower level's variables", 
-                       settings["objective"].value.span,
-                       fix=f"use {', '.join(sorted(lower_names))} in it, e.g. apply the model to data")
-        if not upper_obj & {("lower", n) for n in lower_names}:
-            self.error("the upper objective does not depend on the lower level: this is not a bilevel problem",
-                       upper_settings["objective"].value.span,
-                       fix=f"evaluate the lower level's solution, e.g. {_example_apply(lower)}")
-        start_from = lower.start.source if lower.start.mode == "from" else None
-        for decl in upper.variables + upper.models:
-            iad_reports_it = "IAD" in ops and start_from is None
-            if ("upper", decl.name) not in lower_obj | upper_obj and decl.name != start_from and not iad_reports_it:
-                span = self.symbols[decl.name].span
-                self.error(f"upper-level '{decl.name}' is never used: its hypergradient would be identically zero",
-                           span, fix=f"use {decl.name} in the lower objective (or the upper one), or remove it")
-
-        if "ALTO" in ops and not upper_obj & {("upper", n) for n in upper_names}:
-            self.error("ALTO's hypergradient is only the direct gradient of the upper objective, which does not "
-                       "depend on the upper variables here: it would be identically zero", ops["ALTO"].span,
-                       fix="use a pipeline that differentiates through the lower level, e.g. RAD or CG")
-
-        if "IAD" in ops and start_from is None:
-            self.error("IAD learns the lower level's initial value, but the lower level does not start from an "
-                       "upper-level model", ops["IAD"].span,
-                       fix="add `start = from(meta)` to the lower block, naming the upper model it starts from")
-        if start_from is not None:
-            if "IAD" not in ops:
-                self.error("the lower level starts from an upper-level model, which only IAD differentiates",
-                           settings["start"].value.span,
-                           fix=f"add IAD to the pipeline, e.g. `hypergradient = IAD`, or use `start = warm`")
-            else:
-                self.same_structure(upper, lower, [start_from], settings["start"].value.span, "IAD")
-        if "GAFFO" in ops:
-            self.same_structure(upper, lower, sorted(upper_names), ops["GAFFO"].span, "GAFFO")
-
-        if "DM" in ops and lower.steps != 1:
-            self.error(f"DM is a single-loop method and needs one inner step per outer step, not {lower.steps}",
-                       settings["steps"].value.span, fix="set `steps = 1` in the lower block")
-        if "RGT" in ops:
-            truncate = ops["RGT"].args["truncate"]
-            if truncate >= lower.steps:
-                self.error(f"RGT(truncate={truncate}) must truncate fewer than the {lower.steps} inner steps",
-                           ops["RGT"].arg_spans["truncate"],
-                           fix=f"choose truncate between 1 and {lower.steps - 1}, or raise steps")
-        if "DI" in ops:
-            if lower.start.line is not None and lower.start.mode == "warm":
-                self.error("DI learns the lower level's initial value; a warm start would discard it",
-                           settings["start"].value.span, fix="remove `start = warm` (DI starts from its learned value)")
-            lower = lower.model_copy(update={"start": ir.Start(mode="reinit", line=lower.start.line)})
-
-        task_sets = {ds.name for ds in datasets if ds.tasks}
-        if task_sets & {name for _, name in lower_obj if _ == "data"} and "IAD" not in ops:
-            self.error("few-shot task batches are learned with IAD-based (meta-learning) pipelines",
-                       self.written_pipeline[0].span, fix="use `hypergradient = IAD` (or FOA -> IAD, IAD -> CG)")
-        return lower
-
-    def same_structure(self, upper, lower, upper_names, span, op):
-        decls = {d.name: d for d in upper.variables + upper.models}
-        ups = [decls[n] for n in upper_names]
-        downs = lower.variables + lower.models
-        if len(ups) != len(downs) or any(_structure(u) != _structure(d) for u, d in zip(ups, downs)):
-            up_text = ", ".join(f"{d.name} = {_structure_text(d)}" for d in ups)
-            down_text = ", ".join(f"{d.name} = {_structure_text(d)}" for d in downs)
-            self.error(f"{op} needs upper and lower variables of identical structure: upper {up_text}; "
-                       f"lower {down_text}", span, fix="declare the lower model exactly as the upper one")
-
-    def unused(self, datasets):
-        for ds in datasets:
-            if ds.name not in self.used:
-                self.warn(f"dataset '{ds.name}' is never used", self.symbols[ds.name].span,
-                          fix="use it in an objective or a metric, or remove it")
-
-
 # --- small helpers ----------------------------------------------------------------
-
-
-def references(expr) -> set[tuple[str, str]]:
-    """(level or 'data', name) of every variable, model and dataset an expression uses."""
-    found = set()
-
-    def walk(node):
-        if isinstance(node, (ir.VarRef, ir.ModelRef)):
-            found.add((node.level, node.name))
-        elif isinstance(node, (ir.ParamRef, ir.Apply)):
-            found.add((node.level, node.model))
-        elif isinstance(node, (ir.DataRef, ir.SizeRef)):
-            found.add(("data", node.dataset))
-        if isinstance(node, ir.Node):
-            for value in node.__dict__.values():
-                walk(value)
-        elif isinstance(node, (list, tuple)):
-            for v in node:
-                walk(v)
-        elif isinstance(node, dict):
-            for v in node.values():
-                walk(v)
-
-    walk(expr)
-    return found
 
 
 def _declared_names(stmt) -> list[ast.Ident]:
@@ -1001,59 +712,6 @@ def _declared_names(stmt) -> list[ast.Ident]:
     if isinstance(stmt, ast.Declaration):
         return [stmt.name]
     return [stmt.key] if isinstance(stmt, ast.Setting) else []
-
-
-def _structure(decl):
-    if isinstance(decl, ir.Model):
-        return ("model", decl.spec)
-    return ("var", tuple(decl.shape))
-
-
-def _structure_text(decl) -> str:
-    if isinstance(decl, ir.Model):
-        return decl.spec.name + "(...)" if decl.spec.kind != "input" else "input()"
-    return f"{decl.init}({', '.join(str(d) if isinstance(d, int) else f'{d.dataset}.{d.size}' for d in decl.shape)})"
-
-
-def _example_apply(lower: ir.LevelDecl) -> str:
-    if lower.models:
-        return f"mse({lower.models[0].name}(val.x), val.y)"
-    return f"a loss of {lower.variables[0].name} on validation data"
-
-
-def _head(e: ast.Expr) -> str:
-    return e.id if isinstance(e, ast.Name) else "model"
-
-
-def _builtin_kind(name: str) -> str | None:
-    if name in FUNCTIONS:
-        return "function"
-    if name in METRICS:
-        return "metric"
-    if name in LAYERS or name == "Sequential":
-        return "layer"
-    if name in INITIALISERS:
-        return "initialiser"
-    if name in DATA_SOURCES:
-        return "data source"
-    if name in TORCH_OPTIMIZERS:
-        return "optimiser"
-    if name in ("input", "from"):
-        return "keyword"
-    return None
-
-
-def _builtin_use(name: str, kind: str) -> str | None:
-    return {"layer": f"declare a model in a level block: `model net = {name}(...)`",
-            "initialiser": f"declare a variable in a level block: `var w = {name}(...)`",
-            "data source": f"declare data in the data block: `train, test = {name}(...)`",
-            "optimiser": f"set it in a level block: `optimizer = {name}(lr=...)`",
-            "function": f"call it: {name}(...)",
-            "metric": f"use it in the run block: `metric m = {name}(...)`"}.get(kind)
-
-
-def _symbol_words(kind: str) -> str:
-    return {"dataset": "dataset", "var": "variable", "metric": "metric"}.get(kind, kind)
 
 
 def _data_arg_problem(key: str, v) -> str | None:

@@ -44,7 +44,7 @@ def test_references_are_resolved_to_their_level():
     text = program(objective="objective = cross_entropy(net(train.x), train.y) + 0.5 * sum(exp(w[0]) * net.weight ** 2) + sqnorm(net)",
                    **{"var w": "var w = zeros(train.features)"})
     lower = check_text(text).program.lower
-    call, apply, _ = lower.objective.expr.left.left, None, None
+    call = lower.objective.expr.left.left
     assert call == ir.Call(fn="cross_entropy", args=[
         ir.Apply(level="lower", model="net", args=[ir.DataRef(dataset="train", field="x")]),
         ir.DataRef(dataset="train", field="y")])

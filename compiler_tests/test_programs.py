@@ -34,7 +34,7 @@ def test_golden_stage(name, stage, in_root):
     golden = GOLDEN / f"{name}.{stage}"
     if UPDATE:
         golden.write_text(text + "\n")
-    assert text + "\n" == golden.read_text(), f"regenerate with BLODSL_UPDATE_GOLDEN=1 if intended"
+    assert text + "\n" == golden.read_text(), "regenerate with BLODSL_UPDATE_GOLDEN=1 if intended"
 
 
 def test_ir_round_trips_through_json(in_root):

@@ -1,0 +1,231 @@
+"""Resolving expressions: names to references, calls checked against the built-ins.
+
+A mixin of blodsl.resolve.Resolver, which holds the symbol table and the
+list of problems; this part gives each expression its IR and its kind.
+"""
+
+from __future__ import annotations
+
+from . import ast, ir
+from .builtins import DATA_SOURCES, FUNCTIONS, INITIALISERS, LAYERS, METRICS, TAKES_MODEL, TORCH_OPTIMIZERS
+from .diagnostics import suggest
+from .operators import REQUIRED
+from .values import WORDS
+
+
+class ExpressionResolver:
+    def expr(self, e: ast.Expr, metric: bool) -> tuple[ir.Expr, str] | None:
+        """(IR expression, kind) where kind is tensor, number, string, bool, model, list or None."""
+        match e:
+            case ast.Number(value=v):
+                return ir.Const(value=v), "number"
+            case ast.String(value=v):
+                return ir.Const(value=v), "string"
+            case ast.Name(id=word) if word in WORDS:
+                return ir.Const(value=WORDS[word]), "bool"
+            case ast.Name(id=name):
+                return self.name(e, name)
+            case ast.Attribute():
+                return self.attribute(e)
+            case ast.Call():
+                return self.call(e, metric)
+            case ast.BinOp(op=op, left=left, right=right) | ast.Compare(op=op, left=left, right=right):
+                sides = [self.value(left, metric), self.value(right, metric)]
+                if None in sides:
+                    return None
+                (l, lk), (r, rk) = sides
+                node = ir.BinOp if isinstance(e, ast.BinOp) else ir.Compare
+                kind = "number" if lk == rk == "number" and node is ir.BinOp else "tensor"
+                return node(op=op, left=l, right=r), kind
+            case ast.UnaryOp(op=op, operand=operand):
+                inner = self.value(operand, metric)
+                return None if inner is None else (ir.Unary(op=op, operand=inner[0]), inner[1])
+            case ast.Index(obj=obj, index=index):
+                parts = [self.value(obj, metric), self.value(index, metric)]
+                return None if None in parts else (ir.Index(obj=parts[0][0], index=parts[1][0]), "tensor")
+            case ast.ListExpr(items=items) | ast.TupleExpr(items=items):
+                parts = [self.value(i, metric) for i in items]
+                return None if None in parts else (ir.ListOf(items=[p[0] for p in parts]), "list")
+            case ast.Chain():
+                self.error("'->' joins the operators of the hypergradient pipeline and means nothing here",
+                           e.span, fix="write the pipeline on its own line: `hypergradient = PTT -> RAD`")
+                return None
+        self.error("unexpected expression", e.span)
+        return None
+
+    def value(self, e: ast.Expr, metric: bool) -> tuple[ir.Expr, str] | None:
+        """An expression used as a number or tensor (arithmetic operands, function arguments)."""
+        resolved = self.expr(e, metric)
+        if resolved is None:
+            return None
+        if resolved[1] == "model":
+            self.error(f"'{_head(e)}' is a model; apply it to data, e.g. {_head(e)}(train.x), or take its "
+                       f"weights with sqnorm({_head(e)})", e.span)
+            return None
+        return resolved
+
+    def name(self, e: ast.Name, name: str):
+        sym = self.symbols.get(name)
+        if sym is None:
+            kind = builtin_kind(name)
+            if kind:
+                self.error(f"'{name}' is a built-in {kind} and is not a value", e.span,
+                           fix=_builtin_use(name, kind))
+            else:
+                self.error(f"undefined name '{name}'", e.span,
+                           fix=suggest(name, list(self.symbols) + list(FUNCTIONS))
+                           or "declare it with `var`, `model`, or in the data block")
+            return None
+        self.used.add(name)
+        if sym.kind == "broken":
+            return None
+        if sym.kind == "var":
+            return ir.VarRef(level=sym.level, name=name), "tensor"
+        if sym.kind == "model":
+            return ir.ModelRef(level=sym.level, name=name), "model"
+        if sym.kind == "dataset":
+            fields = ", ".join(f"{name}.{f}" for f in sym.decl.fields)
+            self.error(f"'{name}' is a dataset; use one of its tensors", e.span, fix=f"write one of {fields}")
+            return None
+        if sym.kind == "metric":
+            self.error(f"'{name}' is a metric and cannot be used in an expression", e.span)
+            return None
+        self.error(f"'{name}' is an imported function; call it", e.span, fix=f"write {name}(...)")
+        return None
+
+    def attribute(self, e: ast.Attribute):
+        head = e.obj.id if isinstance(e.obj, ast.Name) else None
+        sym = self.symbols.get(head) if head else None
+        attr = e.attr.text
+        if sym and sym.kind == "broken":
+            return None
+        if sym and sym.kind == "dataset":
+            self.used.add(head)
+            ds = sym.decl
+            if attr in ds.fields:
+                return ir.DataRef(dataset=head, field=attr), "tensor"
+            if attr in ds.sizes:
+                return ir.SizeRef(dataset=head, size=attr), "number"
+            self.error(f"dataset '{head}' has no field '{attr}'", e.attr.span,
+                       fix=suggest(attr, ds.fields + ds.sizes)
+                       or f"{head} has tensors {', '.join(ds.fields)} and sizes {', '.join(ds.sizes)}")
+            return None
+        if sym and sym.kind == "model":
+            self.used.add(head)
+            model = sym.decl
+            if model.spec.kind in ("user", "input") or attr in model.parameters:
+                return ir.ParamRef(level=sym.level, model=head, param=attr), "tensor"
+            if model.parameters:
+                fix = suggest(attr, model.parameters) or f"{model.spec.name}'s weights are " + ", ".join(model.parameters)
+            else:
+                fix = f"{model.spec.name}'s weights are not named one by one; use sqnorm({head}) or norm({head})"
+            self.error(f"model '{head}' has no weight '{attr}'", e.attr.span, fix=fix)
+            return None
+        if head and head not in self.symbols:
+            return self.name(e.obj, head)
+        self.error("only datasets (train.x) and models (net.weight) have attributes", e.span)
+        return None
+
+    def call(self, e: ast.Call, metric: bool):
+        if not isinstance(e.func, ast.Name):
+            self.error("only functions and models can be called", e.func.span)
+            return None
+        name = e.func.id
+        sym = self.symbols.get(name)
+        if sym is not None:
+            self.used.add(name)
+            if sym.kind == "broken":
+                return None
+            if sym.kind == "model":
+                if e.kwargs:
+                    self.error("a model is applied to its inputs only", e.kwargs[0].span)
+                    return None
+                if not e.args:
+                    self.error(f"model '{name}' needs an input", e.span, fix=f"write e.g. {name}(train.x)")
+                    return None
+                args = [self.value(a, metric) for a in e.args]
+                return None if None in args else (ir.Apply(level=sym.level, model=name, args=[a[0] for a in args]),
+                                                  "tensor")
+            if sym.kind == "import":
+                args = [self.expr(a, metric) for a in e.args]
+                kwargs = {kw.name.text: self.expr(kw.value, metric) for kw in e.kwargs}
+                if None in args or None in kwargs.values():
+                    return None
+                return ir.UserCall(ref=sym.decl, args=[a[0] for a in args],
+                                   kwargs={k: v[0] for k, v in kwargs.items()}), "tensor"
+            self.error(f"'{name}' is a {_symbol_words(sym.kind)}, not a function", e.func.span,
+                       fix=f"write {name}.x" if sym.kind == "dataset" else None)
+            return None
+        if name in METRICS and not metric:
+            self.error(f"{name} is a metric, not differentiable, and cannot be part of an objective", e.func.span,
+                       fix=f"report it from the run block: `metric {name}_test = {METRICS[name].summary.split(':')[0]}`")
+            return None
+        sig = FUNCTIONS.get(name) or METRICS.get(name)
+        if sig is None:
+            kind = builtin_kind(name)
+            if kind:
+                self.error(f"{name} is a {kind} and cannot be called in an expression", e.func.span,
+                           fix=_builtin_use(name, kind))
+            else:
+                self.error(f"unknown function '{name}'", e.func.span,
+                           fix=suggest(name, list(FUNCTIONS) + list(METRICS))
+                           or 'built-ins: ' + ", ".join(FUNCTIONS) + '; for your own: import "pkg.module:function" as name')
+            return None
+        kwargs = self.check_signature(sig, e, "function")
+        if kwargs is None:
+            return None
+        args = []
+        for i, a in enumerate(e.args):
+            resolved = self.expr(a, metric) if name in TAKES_MODEL else self.value(a, metric)
+            if resolved is None:
+                return None
+            if name == "mix" and i == 1 and resolved[1] != "list":
+                self.error("mix's candidates are a list: mix(logits, [a(x), b(x)])", a.span)
+                return None
+            args.append(resolved[0])
+        kw = {}
+        for key, v in kwargs.items():
+            if isinstance(v, ast.Node):
+                c = self.const(v, f"{name}'s {key}")
+                if c is REQUIRED:
+                    return None
+                v = c
+            kw[key] = ir.Const(value=v)
+        return ir.Call(fn=name, args=args, kwargs=kw), "tensor"
+
+
+def builtin_kind(name: str) -> str | None:
+    """What a built-in name is, or None for a name blodsl does not define."""
+    if name in FUNCTIONS:
+        return "function"
+    if name in METRICS:
+        return "metric"
+    if name in LAYERS or name == "Sequential":
+        return "layer"
+    if name in INITIALISERS:
+        return "initialiser"
+    if name in DATA_SOURCES:
+        return "data source"
+    if name in TORCH_OPTIMIZERS:
+        return "optimiser"
+    if name in ("input", "from"):
+        return "keyword"
+    return None
+
+
+def _builtin_use(name: str, kind: str) -> str | None:
+    return {"layer": f"declare a model in a level block: `model net = {name}(...)`",
+            "initialiser": f"declare a variable in a level block: `var w = {name}(...)`",
+            "data source": f"declare data in the data block: `train, test = {name}(...)`",
+            "optimiser": f"set it in a level block: `optimizer = {name}(lr=...)`",
+            "function": f"call it: {name}(...)",
+            "metric": f"use it in the run block: `metric m = {name}(...)`"}.get(kind)
+
+
+def _head(e: ast.Expr) -> str:
+    return e.id if isinstance(e, ast.Name) else "model"
+
+
+def _symbol_words(kind: str) -> str:
+    return {"dataset": "dataset", "var": "variable", "metric": "metric"}.get(kind, kind)
+
