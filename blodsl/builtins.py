@@ -77,12 +77,11 @@ _ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 class Layer:
     signature: Signature
     parameters: tuple[str, ...] = ()   # names reachable as `net.weight`
-    positional: tuple[str, ...] = ()   # names of positional arguments, in order
 
 
 def _layer(name, summary, positional=(), optional=0, parameters=(), **keywords):
     n = len(positional)
-    return Layer(_sig(name, summary, n - optional, n, **keywords), parameters, positional)
+    return Layer(_sig(name, summary, n - optional, n, **keywords), parameters)
 
 
 LAYERS: dict[str, Layer] = {layer.signature.name: layer for layer in (

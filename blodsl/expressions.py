@@ -171,7 +171,7 @@ class ExpressionResolver:
                            fix=suggest(name, list(FUNCTIONS) + list(METRICS))
                            or 'built-ins: ' + ", ".join(FUNCTIONS) + '; for your own: import "pkg.module:function" as name')
             return None
-        kwargs = self.check_signature(sig, e, "function")
+        kwargs = self.check_signature(sig, e)
         if kwargs is None:
             return None
         args = []

@@ -211,9 +211,6 @@ class Pipeline(Node):
     text: str                 # canonical form, e.g. "NGD -> PTT -> RAD"
     line: int
 
-    def has(self, name: str) -> bool:
-        return any(op.name == name for op in self.operators)
-
 
 class Metric(Node):
     name: str

@@ -123,7 +123,7 @@ class Resolver(ExpressionResolver, ProgramRules):
         self.symbols[name.text] = symbol
         return True
 
-    def check_signature(self, sig: Signature, call: ast.Call, what: str) -> dict[str, object] | None:
+    def check_signature(self, sig: Signature, call: ast.Call) -> dict[str, object] | None:
         """Arity and keywords of a call; returns its constant keyword values."""
         ok = True
         n = len(call.args)
@@ -291,7 +291,7 @@ class Resolver(ExpressionResolver, ProgramRules):
         if value.func.id == "input":
             return self.input_dataset(names, value)
         source = DATA_SOURCES[value.func.id]
-        kwargs = self.check_signature(source.signature, value, "data source")
+        kwargs = self.check_signature(source.signature, value)
         if kwargs is None:
             return []
         args: dict[str, object] = {}
@@ -315,7 +315,7 @@ class Resolver(ExpressionResolver, ProgramRules):
                            fix=f"declare one name per call, e.g. `tasks = {value.func.id}()` and "
                                f"`test_tasks = {value.func.id}(seed=1)`")
                 return []
-            return [self.make_dataset(names[0], value, source, args, path, None)]
+            return [self.make_dataset(names[0], source, args, path, None)]
         split = args.get("split")
         if split is None and len(names) > 1:
             if len(source.default_split) != len(names):
@@ -329,10 +329,10 @@ class Resolver(ExpressionResolver, ProgramRules):
                        "declared", value.span,
                        fix="declare one name per part, e.g. `train, val, test = ...` for three parts")
             return []
-        return [self.make_dataset(n, value, source, args, path, i if split is not None else None)
+        return [self.make_dataset(n, source, args, path, i if split is not None else None)
                 for i, n in enumerate(names)]
 
-    def make_dataset(self, name, call, source: DataSource, args, path, split) -> ir.Dataset:
+    def make_dataset(self, name, source: DataSource, args, path, split) -> ir.Dataset:
         ds = ir.Dataset(name=name.text, source=source.signature.name, args=args, path=path, split=split,
                         fields=list(source.fields), sizes=list(source.sizes), tasks=source.tasks,
                         line=name.span.line)
@@ -340,7 +340,7 @@ class Resolver(ExpressionResolver, ProgramRules):
         return ds
 
     def input_dataset(self, names, call) -> list[ir.Dataset]:
-        kwargs = self.check_signature(INPUT, call, "input")
+        kwargs = self.check_signature(INPUT, call)
         if kwargs is None:
             return []
         if len(names) > 1:
@@ -404,11 +404,11 @@ class Resolver(ExpressionResolver, ProgramRules):
                             + ", input(); e.g. `var w = zeros(train.n)`").strip())
             return None
         if value.func.id == "input":
-            if self.check_signature(INPUT, value, "input") is None:
+            if self.check_signature(INPUT, value) is None:
                 return None
             return ir.Variable(name=name, level=level, init="input", shape=[], line=stmt.span.line)
         sig = INITIALISERS[value.func.id]
-        kwargs = self.check_signature(sig, value, "initialiser")
+        kwargs = self.check_signature(sig, value)
         if kwargs is None:
             return None
         shape = [self.dim(a) for a in value.args]
@@ -445,7 +445,7 @@ class Resolver(ExpressionResolver, ProgramRules):
         name = expr.func.id if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) else None
         imported = self.symbols.get(name) if name else None
         if name == "input" and top:
-            if self.check_signature(INPUT, expr, "input") is None:
+            if self.check_signature(INPUT, expr) is None:
                 return None
             return ir.LayerSpec(kind="input", name="input")
         if imported and imported.kind == "import":
@@ -456,7 +456,7 @@ class Resolver(ExpressionResolver, ProgramRules):
                 return None
             return ir.LayerSpec(kind="user", name=imported.decl, args=args, kwargs=kwargs)
         if name == "Sequential":
-            if self.check_signature(SEQUENTIAL, expr, "model") is None:
+            if self.check_signature(SEQUENTIAL, expr) is None:
                 return None
             layers = [self.layer_spec(a) for a in expr.args]
             return None if None in layers else ir.LayerSpec(kind="sequential", name="Sequential", args=layers)
@@ -468,7 +468,7 @@ class Resolver(ExpressionResolver, ProgramRules):
                        + '; for your own nn.Module: import "pkg.module:Class" as Class')
             return None
         layer = LAYERS[name]
-        kwargs = self.check_signature(layer.signature, expr, "layer")
+        kwargs = self.check_signature(layer.signature, expr)
         if kwargs is None:
             return None
         args = [self.layer_arg(a) for a in expr.args]
