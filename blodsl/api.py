@@ -1,0 +1,49 @@
+"""Embedding: `blodsl.compile(...)` turns a program into a runnable Pipeline."""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import linecache
+import sys
+import types
+from pathlib import Path
+
+from . import ir
+from .codegen import generate
+from .frontend import check_file, check_source
+from .diagnostics import Source
+
+_counter = itertools.count()
+
+
+def load_module(code: str, program: ir.Program) -> types.ModuleType:
+    """Executes generated code as a module whose source tracebacks and inspect can show."""
+    name = f"blodsl_generated_{Path(program.path).stem}_{next(_counter)}"
+    filename = f"<blodsl: {program.path}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    sys.modules[name] = module
+    exec(builtins.compile(code, filename, "exec"), module.__dict__)
+    return module
+
+
+def checked_program(path_or_source: str | Path) -> ir.Program:
+    """A .blo file (a Path, or a string naming an existing file) or the text of a program."""
+    text = str(path_or_source)
+    if isinstance(path_or_source, Path) or ("\n" not in text and text.endswith(".blo")):
+        return check_file(path_or_source).program
+    return check_source(Source("<program>", text), Path.cwd()).program
+
+
+def compile(path_or_source, bindings: dict | None = None, device: str | None = None, compile: bool = True,
+            dtype: str | None = None, seed: int | None = None):  # noqa: A001 - the public name
+    """Checks, generates and builds a program; returns its runtime Pipeline.
+
+    Raises blodsl.BloError (with located messages) for an invalid program and
+    blodsl.runtime.BuildError for a binding or file that does not fit it.
+    """
+    program = checked_program(path_or_source)
+    module = load_module(generate(program), program)
+    return module.build(bindings=bindings, device=device, dtype=dtype, compile=compile, seed=seed)

@@ -1,0 +1,271 @@
+"""Lower a checked program to a readable Python module (`blodsl compile --emit py`).
+
+The module imports torch and blodsl's runtime only. Its `Program` class holds
+the data, the two levels and the objectives as plain methods over pytrees;
+each statement carries a `# prog.blo:LINE` comment naming where it came from.
+`build()` turns it into a runtime Pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+from pathlib import Path
+
+from . import __version__, ir
+from .rules import references
+
+# Python's precedence for the operators the language shares with it.
+_PRECEDENCE = {"compare": 1, "+": 2, "-": 2, "*": 3, "/": 3, "@": 3, "%": 3, "unary": 4, "**": 5}
+_RESERVED = set(keyword.kwlist) | {"self", "fn", "rt", "torch", "upper", "lower", "data", "Program", "build"}
+
+
+def lit(v) -> str:
+    """A constant as Python source, strings in double quotes."""
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        inner = ", ".join(lit(x) for x in v)
+        return f"({inner},)" if isinstance(v, tuple) and len(v) == 1 else f"[{inner}]" if isinstance(v, list) else f"({inner})"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{lit(k)}: {lit(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+def local(name: str) -> str:
+    """A program name as a legal Python name that shadows nothing the module uses."""
+    return name + "_" if name in _RESERVED else name
+
+
+class Emitter:
+    def __init__(self, program: ir.Program):
+        self.p = program
+        self.file = Path(program.path).name
+        self.lines: list[str] = []
+
+    def at(self, line: int | None) -> str:
+        return f"  # {self.file}:{line}" if line else ""
+
+    def emit(self, text: str = "", indent: int = 0):
+        self.lines.append("    " * indent + text if text else "")
+
+    # --- expressions ----------------------------------------------------------------------
+
+    def expr(self, e, parent: int = 0) -> str:
+        match e:
+            case ir.Const(value=v):
+                return lit(v)
+            case ir.DataRef(dataset=ds, field=f):
+                return f'{local(ds)}["{f}"]'
+            case ir.SizeRef(dataset=ds, size=s):
+                return f'self.sizes["{ds}.{s}"]'
+            case ir.VarRef(name=n):
+                return local(n)
+            case ir.ModelRef(level=level, name=n):
+                return f'{level}["{n}"]'
+            case ir.ParamRef(level=level, model=m, param=name):
+                return f'{level}["{m}"]["{name}"]'
+            case ir.Apply(model=m, args=args):
+                return f"{local(m)}({', '.join(self.expr(a) for a in args)})"
+            case ir.Call(fn=name, args=args, kwargs=kw):
+                return f"fn.{name}({self.arguments(args, kw)})"
+            case ir.UserCall(ref=ref, args=args, kwargs=kw):
+                return f'self.imported("{ref}")({self.arguments(args, kw)})'
+            case ir.ListOf(items=items):
+                return f"[{', '.join(self.expr(i) for i in items)}]"
+            case ir.Index(obj=obj, index=index):
+                return f"{self.expr(obj, 9)}[{self.expr(index)}]"
+            case ir.Unary(op=op, operand=operand):
+                return self.wrap(f"{op}{self.expr(operand, _PRECEDENCE['unary'])}", _PRECEDENCE["unary"], parent)
+            case ir.BinOp(op=op, left=left, right=right) | ir.Compare(op=op, left=left, right=right):
+                mine = _PRECEDENCE["compare" if isinstance(e, ir.Compare) else op]
+                # ** groups to the right, everything else to the left
+                left_p, right_p = (mine + 1, mine) if op == "**" else (mine, mine + 1)
+                text = f"{self.expr(left, left_p)} {op} {self.expr(right, right_p)}"
+                return self.wrap(text, mine, parent)
+        raise ValueError(f"cannot emit {e!r}")
+
+    @staticmethod
+    def wrap(text: str, mine: int, parent: int) -> str:
+        return f"({text})" if mine < parent else text
+
+    def arguments(self, args, kwargs) -> str:
+        return ", ".join([self.expr(a) for a in args] + [f"{k}={self.expr(v)}" for k, v in kwargs.items()])
+
+    def value(self, a) -> str:
+        """A constant argument of a declaration (sizes, layers, lists)."""
+        if isinstance(a, ir.SizeRef):
+            return self.expr(a)
+        if isinstance(a, ir.LayerSpec):
+            return self.layer(a)
+        if isinstance(a, list):
+            return f"[{', '.join(self.value(v) for v in a)}]"
+        return lit(a)
+
+    def layer(self, spec: ir.LayerSpec, name: str | None = None) -> str:
+        args = ", ".join([self.value(a) for a in spec.args] + [f"{k}={self.value(v)}" for k, v in spec.kwargs.items()])
+        if spec.kind == "input":
+            return f'self.bound("{name}", "an nn.Module")'
+        if spec.kind == "user":
+            return f'self.imported("{self.p.imports[spec.name]}")({args})'
+        return f"rt.layers.{spec.name}({args})"
+
+    # --- the module -------------------------------------------------------------------------
+
+    def module(self) -> str:
+        p = self.p
+        self.emit(f'"""{self.file}, compiled by blodsl {__version__}: `{p.pipeline.text}`.')
+        self.emit()
+        self.emit(f"Regenerate with `blodsl compile {p.path} -o FILE`; edits here are lost.")
+        self.emit('"""')
+        self.emit()
+        self.emit("import torch")
+        self.emit()
+        self.emit("from blodsl import runtime as rt")
+        self.emit("from blodsl.runtime import functions as fn")
+        self.emit()
+        self.emit(f"PROGRAM = {lit(p.path)}")
+        self.emit()
+        self.emit()
+        self.emit("class Program(rt.Program):")
+        self.settings()
+        self.load_data()
+        self.level(p.upper)
+        self.level(p.lower)
+        self.objective("upper_objective", p.upper.objective.expr, p.upper.objective.text, p.upper.objective.line)
+        self.objective("lower_objective", p.lower.objective.expr, p.lower.objective.text, p.lower.objective.line)
+        for m in p.run.metrics:
+            self.objective(f"metric_{m.name}", m.expr, m.text, m.line)
+        self.emit()
+        self.emit()
+        self.emit("def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):")
+        self.emit(f'"""The pipeline of {self.file}: `.run()`, `.step()`, `.hypergradient()`."""', 1)
+        self.emit("folder = rt.program_folder(PROGRAM) if folder is None else folder", 1)
+        self.emit("return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__name__), device=device,", 1)
+        self.emit("                   dtype=dtype, compile=compile, seed=seed)", 1)
+        return "\n".join(self.lines) + "\n"
+
+    def settings(self):
+        p, run = self.p, self.p.run
+        self.emit(f"source = {lit(self.file)}", 1)
+        ops = ", ".join(f"rt.Op({lit(o.name)}{''.join(f', {k}={self.value(v)}' for k, v in o.params.items())})"
+                        for o in p.pipeline.operators)
+        self.emit(f"pipeline = [{ops}]{self.at(p.pipeline.line)}", 1)
+        used = sorted(_datasets(p.upper.objective.expr) | _datasets(p.lower.objective.expr))
+        self.emit(f"data_used = {lit(used)}", 1)
+        self.emit("metrics = {", 1)
+        for m in run.metrics:
+            reads = sorted(_datasets(m.expr))
+            self.emit(f'"{m.name}": rt.MetricSpec(rebind={lit(m.rebind)}, datasets={lit(tuple(reads))}),{self.at(m.line)}', 2)
+        self.emit("}", 1)
+        self.emit(f"outer_steps, eval_every, seed = {run.outer_steps}, {run.eval_every}, {run.seed}", 1)
+        self.emit(f"device, dtype = {lit(run.device)}, {lit(run.dtype)}", 1)
+
+    def load_data(self):
+        self.emit()
+        self.emit("def load_data(self):", 1)
+        calls: dict[int, list[ir.Dataset]] = {}
+        for ds in self.p.datasets:
+            calls.setdefault(ds.line, []).append(ds)
+        names = []
+        for line, group in calls.items():
+            first = group[0]
+            targets = ", ".join(local(d.name) for d in group)
+            names += [d.name for d in group]
+            if first.source == "input":
+                call = f'rt.data.bound("{first.name}", self.bound("{first.name}", "a dataset"), {lit(first.fields)})'
+            else:
+                args = dict(first.args)
+                if first.source != "sinusoid" and "split" not in args:
+                    args["split"] = [1.0]
+                    targets = f"[{targets}]"
+                elif first.source != "sinusoid" and len(group) == 1:
+                    targets = f"[{targets}]"
+                parts = [f'self.path("{first.path}")'] if first.path else []
+                parts += [f"{k}={self.value(v)}" for k, v in args.items()]
+                call = f"rt.data.{first.source}({', '.join(parts)})"
+            self.emit(f"{targets} = {call}{self.at(line)}", 2)
+        self.emit(f"return {{{', '.join(f'{lit(n)}: {local(n)}' for n in names)}}}", 2)
+
+    def level(self, decl: ir.LevelDecl):
+        self.emit()
+        self.emit(f"def {decl.level}_level(self):", 1)
+        self.emit(f"return rt.Level({self.at(decl.line)}", 2)
+        self.open_dict("variables", decl.variables)
+        for v in decl.variables:
+            if v.init == "input":
+                init = f'rt.Bound(self.bound("{v.name}", "a tensor"))'
+            else:
+                shape = "".join(f"{self.value(d)}, " for d in v.shape).rstrip(" ")
+                args = f", {lit(v.args)}" if v.args else ""
+                init = f"rt.Init({lit(v.init)}, ({shape}){args})"
+            self.emit(f'"{v.name}": {init},{self.at(v.line)}', 4)
+        self.close_dict(decl.variables)
+        self.open_dict("models", decl.models)
+        for m in decl.models:
+            self.emit(f'"{m.name}": {self.layer(m.spec, m.name)},{self.at(m.line)}', 4)
+        self.close_dict(decl.models)
+        opt = decl.optimizer
+        args = ", ".join(f"{k}={self.value(v)}" for k, v in opt.args.items())
+        if decl.level == "upper":
+            self.emit(f"optimizer=({lit(opt.name)}, {{{', '.join(f'{lit(k)}: {self.value(v)}' for k, v in opt.args.items())}}}),"
+                      f"{self.at(opt.line)}", 3)
+        else:
+            self.emit(f"optimizer=rt.inner.{opt.name}({args}),{self.at(opt.line)}", 3)
+            start = decl.start
+            source = f", start_from={lit(start.source)}" if start.source else ""
+            self.emit(f"steps={decl.steps}, start={lit(start.mode)}{source},{self.at(start.line)}", 3)
+        self.emit(")", 2)
+
+    def open_dict(self, name: str, items: list):
+        self.emit(f"{name}={{" + ("" if items else "},"), 3)
+
+    def close_dict(self, items: list):
+        if items:
+            self.emit("},", 3)
+
+    def objective(self, name: str, expr, text: str, line: int):
+        self.emit()
+        self.emit(f"def {name}(self, upper, lower, data):", 1)
+        self.emit(f"# {self.file}:{line}  {text}", 2)
+        for n in sorted(_datasets(expr)):
+            self.emit(f'{local(n)} = data["{n}"]', 2)
+        for level, n in sorted(r for r in references(expr) if r[0] != "data"):
+            decl = self.declared(level, n)
+            if isinstance(decl, ir.Model):
+                if _collect(expr, lambda e: isinstance(e, ir.Apply) and e.model == n):
+                    self.emit(f'{local(n)} = self.model("{n}", {level}["{n}"])', 2)
+            else:
+                self.emit(f'{local(n)} = {level}["{n}"]', 2)
+        self.emit(f"return {self.expr(expr)}", 2)
+
+    def declared(self, level: str, name: str):
+        decl = self.p.upper if level == "upper" else self.p.lower
+        return next(d for d in decl.variables + decl.models if d.name == name)
+
+
+def _collect(expr, wanted) -> list:
+    """The sub-expressions for which wanted(node) holds."""
+    found = []
+
+    def walk(node):
+        if wanted(node):
+            found.append(node)
+        if isinstance(node, ir.Node):
+            for v in node.__dict__.values():
+                walk(v)
+        elif isinstance(node, (list, tuple, dict)):
+            for v in node.values() if isinstance(node, dict) else node:
+                walk(v)
+
+    walk(expr)
+    return found
+
+
+def _datasets(expr) -> set[str]:
+    """Datasets whose tensors an expression reads (sizes are constants, not data)."""
+    return {e.dataset for e in _collect(expr, lambda e: isinstance(e, ir.DataRef))}
+
+
+def generate(program: ir.Program) -> str:
+    return Emitter(program).module()

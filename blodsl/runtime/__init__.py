@@ -1,0 +1,8 @@
+"""blodsl's runtime: what generated programs import. Imports torch."""
+
+from . import data, functions, inner, layers
+from .engine import MetricSpec, Pipeline
+from .program import Bound, BuildError, Init, Level, Op, Program, program_folder, source_of
+
+__all__ = ["data", "functions", "inner", "layers", "MetricSpec", "Pipeline", "Bound", "BuildError", "Init",
+           "Level", "Op", "Program", "program_folder", "source_of"]

@@ -1,0 +1,262 @@
+"""A built pipeline: the state of both levels and the outer loop over it."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch.func import vmap
+
+from . import trees
+from .data import TaskSource
+from .hypergrad import Plan, hypergradient
+from .kernels import make_kernels
+from .program import BuildError, Level, Program
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    rebind: dict[str, str] = field(default_factory=dict)   # dataset -> dataset swapped in
+    datasets: tuple[str, ...] = ()                         # datasets the metric reads
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BuildError(f"device '{name}' was asked for, but this machine has no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+class Pipeline:
+    """One program, built: `.step()`, `.run()`, `.hypergradient()`, `.upper`, `.lower`."""
+
+    def __init__(self, program: Program, source: str = "", device: str | None = None,
+                 dtype: str | None = None, compile: bool = True, seed: int | None = None):
+        self.program, self.source, self.compiled = program, source, compile
+        self.device = resolve_device(device or program.device)
+        self.dtype = DTYPES[dtype or program.dtype]
+        self.seed = program.seed if seed is None else seed
+        torch.manual_seed(self.seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+        self.sources = program.load_data()
+        program.sizes = {f"{name}.{k}": v for name, src in self.sources.items() for k, v in src.sizes.items()}
+        self.tables = {name: src.to(self.device, self.dtype).fields
+                       for name, src in self.sources.items() if not isinstance(src, TaskSource)}
+        upper, lower = program.upper_level(), program.lower_level()
+        program.modules = {name: m.to(device=self.device, dtype=self.dtype)
+                           for name, m in {**upper.models, **lower.models}.items()}
+        self.upper_decl, self.lower_decl = upper, lower
+        self.x = self._materialise(upper)
+        self.y = self._materialise(lower)
+        self.initial_upper, self.initial_lower = trees.clone(self.x), trees.clone(self.y)
+
+        self.inner = lower.optimizer
+        self.plan = Plan.of(program.pipeline, lower.steps, self.inner.lr)
+        task_sets = [n for n in program.data_used if isinstance(self.sources[n], TaskSource)]
+        self.tasks = self.sources[task_sets[0]].tasks if task_sets else None
+        self.task_dims = self._task_dims(program.data_used) if self.tasks else None
+        self.kernels = make_kernels(program.lower_objective, program.upper_objective, self.inner,
+                                    gda=self.plan.gda is not None, task_dims=self.task_dims, compile=compile)
+        self.outer_optimizer = self._optimizer(upper.optimizer, trees.leaves(self.x))
+        self.start = None
+        if self.plan.di_lr is not None:       # DI learns the lower level's starting point
+            self.start = trees.clone(self.y)
+            name, args = upper.optimizer
+            self.start_optimizer = self._optimizer((name, {**args, "lr": self.plan.di_lr}), trees.leaves(self.start))
+        self.steps_done = 0
+
+    # --- building -----------------------------------------------------------------------
+
+    def _materialise(self, level: Level) -> dict:
+        values = {name: init.draw(self.device, self.dtype, self.generator) for name, init in level.variables.items()}
+        for name, module in level.models.items():
+            values[name] = {k: p.detach().clone() for k, p in module.named_parameters()}
+        return values
+
+    def _optimizer(self, spec, params):
+        name, args = spec
+        cls = getattr(torch.optim, name)
+        if name == "LBFGS":
+            raise BuildError("LBFGS needs a closure that re-evaluates the objective; choose another upper optimizer")
+        args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+        return cls(params, **args)
+
+    def _task_dims(self, names):
+        return {n: {f: 0 if isinstance(self.sources[n], TaskSource) else None for f in self._fields(n, 0)}
+                for n in names}
+
+    def _fields(self, name: str, step: int) -> dict:
+        src = self.sources[name]
+        if isinstance(src, TaskSource):
+            return src.batch(step).to(self.device, self.dtype).fields
+        return self.tables[name]
+
+    def _data(self, names, step: int) -> dict:
+        return {n: self._fields(n, step) for n in names}
+
+    def _start_point(self, x, tasks: int | None = None):
+        """y0 for this outer step, as the lower block's `start` says."""
+        lower = self.lower_decl
+        if self.start is not None:
+            return self.start
+        if lower.start == "from":
+            (name,) = list(self.y)
+            y0 = {name: x[lower.start_from]}
+            return trees.tree_map(lambda t: t.expand(tasks, *t.shape), y0) if tasks else y0
+        if lower.start == "reinit":
+            fresh = Level({n: i for n, i in lower.variables.items()},
+                          {n: _reset(self.program.modules[n]) for n in lower.models}, None)
+            return self._materialise(fresh)
+        return self.y
+
+    # --- the public interface ------------------------------------------------------------
+
+    @property
+    def upper(self) -> dict[str, torch.Tensor]:
+        return trees.flat_names(self.x)
+
+    @property
+    def lower(self) -> dict[str, torch.Tensor]:
+        return trees.flat_names(self.y)
+
+    def _hypergradient(self):
+        d = self._data(self.program.data_used, self.steps_done)
+        return hypergradient(self.plan, self.kernels, self.inner, self.x, self._start_point(self.x, self.tasks),
+                             d, self.tasks)
+
+    def hypergradient(self) -> dict[str, torch.Tensor]:
+        """dF/dx at the current state, by name; changes nothing."""
+        return trees.flat_names(self._hypergradient().upper_grad)
+
+    def step(self) -> dict[str, float]:
+        """One outer iteration; returns the objectives it saw."""
+        result = self._hypergradient()
+        for p, g in zip(trees.leaves(self.x), trees.leaves(result.upper_grad)):
+            p.grad = g
+        self.outer_optimizer.step()
+        if self.start is not None:
+            for p, g in zip(trees.leaves(self.start), trees.leaves(result.start_grad)):
+                p.grad = g
+            self.start_optimizer.step()
+        self.y = trees.detach(result.lower)
+        self.steps_done += 1
+        norm = torch.sqrt(sum((g * g).sum() for g in trees.leaves(result.upper_grad)))
+        return {"step": self.steps_done, "upper_objective": result.upper_loss.item(),
+                "lower_objective": result.lower_loss.item(), "hypergradient_norm": norm.item()}
+
+    def evaluate(self, upper: dict | None = None, lower: dict | None = None) -> dict[str, object]:
+        """The program's metrics at the current state (or at the given variables)."""
+        x = self.x if upper is None else upper
+        out = {}
+        for name, spec in self.program.metrics.items():
+            names = {n for n in self.sources}
+            data = self._data(names, 0)
+            for old, new in spec.rebind.items():
+                data[old] = data[new]
+            y = self.y if lower is None else lower
+            readapt = self.lower_decl.start == "from" or set(spec.rebind) & set(self.program.data_used)
+            metric = getattr(self.program, f"metric_{name}")
+            per_task = any(isinstance(self.sources[spec.rebind.get(n, n)], TaskSource) for n in spec.datasets)
+            if readapt:
+                y = self._adapt(x, data)
+            if per_task:
+                dims = {n: {f: 0 if isinstance(self.sources[spec.rebind.get(n, n)], TaskSource) else None
+                            for f in data[n]} for n in data}
+                value = vmap(metric, in_dims=(None, 0, dims))(x, y, data).mean(0)
+            else:
+                value = metric(x, y, data)
+            out[name] = _plain(value)
+        return out
+
+    def _adapt(self, x, data):
+        """The lower level trained from its start on `data` (eagerly: evaluation sizes vary)."""
+        task_sets = [n for n in self.program.data_used if isinstance(self.sources[n], TaskSource)]
+        tasks = len(next(iter(data[task_sets[0]].values()))) if task_sets else None
+        dims = {n: {f: 0 if n in task_sets else None for f in data[n]} for n in self.program.data_used}
+        k = make_kernels(self.program.lower_objective, self.program.upper_objective, self.inner,
+                         gda=False, task_dims=dims if tasks else None, compile=False)
+        y = self._start_point(x, tasks)
+        s = vmap(self.inner.init)(y) if tasks else self.inner.init(y)
+        zero = torch.zeros((), device=self.device, dtype=self.dtype)
+        d = {n: data[n] for n in self.program.data_used}
+        for _ in range(self.lower_decl.steps):
+            y, s, _ = k.step(x, y, s, d, zero)
+        return y
+
+    def run(self, outer_steps: int | None = None, callback: Callable[[dict], None] | None = None) -> dict:
+        """`outer_steps` outer iterations; metrics every eval_every steps and at the end."""
+        total = self.program.outer_steps if outer_steps is None else outer_steps
+        record: dict = {}
+        for i in range(total):
+            record = self.step()
+            if (i + 1) % self.program.eval_every == 0 or i + 1 == total:
+                record.update(self.evaluate())
+            if callback is not None:
+                callback(record)
+        return record
+
+    def baseline(self, upper: dict | None = None) -> dict:
+        """Metrics of the lower level trained as long, with the upper variables held fixed
+        (at their initial values, or at `upper`): what the program achieves without its upper level."""
+        x = trees.clone(self.initial_upper)
+        for name, value in (upper or {}).items():
+            x[name] = torch.full_like(x[name], float(value)) if not torch.is_tensor(value) else value.to(x[name])
+        y = trees.clone(self.initial_lower)
+        if self.lower_decl.start != "from":
+            zero = torch.zeros((), device=self.device, dtype=self.dtype)
+            rounds = self.program.outer_steps if self.lower_decl.start == "warm" else 1
+            for r in range(rounds):
+                d = self._data(self.program.data_used, r)
+                s = self.inner.init(y)
+                for _ in range(self.lower_decl.steps):
+                    y, s, _ = self.kernels.step(x, y, s, d, zero)
+        metrics = self.evaluate(upper=x, lower=trees.detach(y))
+        metrics["upper_objective"] = _plain(self.program.upper_objective(x, y, self._data(self.program.data_used, 0)))
+        return metrics
+
+    # --- saving and restoring ----------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        state = {"upper": trees.clone(self.upper), "lower": trees.clone(self.lower),
+                 "outer_optimizer": copy.deepcopy(self.outer_optimizer.state_dict()), "steps_done": self.steps_done}
+        if self.start is not None:
+            state["start"] = trees.clone(trees.flat_names(self.start))
+            state["start_optimizer"] = copy.deepcopy(self.start_optimizer.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for mine, saved in ((self.upper, state["upper"]), (self.lower, state["lower"])):
+            missing = set(mine) ^ set(saved)
+            if missing:
+                raise BuildError(f"the saved state does not match this program: {', '.join(sorted(missing))}")
+            with torch.no_grad():
+                for name, t in mine.items():
+                    t.copy_(saved[name])
+        self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+        if self.start is not None and "start" in state:
+            with torch.no_grad():
+                for name, t in trees.flat_names(self.start).items():
+                    t.copy_(state["start"][name])
+            self.start_optimizer.load_state_dict(state["start_optimizer"])
+        self.steps_done = state["steps_done"]
+
+
+def _reset(module: torch.nn.Module) -> torch.nn.Module:
+    fresh = copy.deepcopy(module)
+    for m in fresh.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return fresh
+
+
+def _plain(value):
+    value = value.detach().cpu() if torch.is_tensor(value) else value
+    if torch.is_tensor(value):
+        return value.item() if value.numel() == 1 else [round(v, 6) for v in value.tolist()]
+    return value

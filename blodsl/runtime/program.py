@@ -1,0 +1,153 @@
+"""What a generated module declares, and the base class its `Program` extends.
+
+A generated module subclasses `Program`: it loads the data, declares each
+level (variables, models, optimiser) and writes the objectives and metrics as
+methods over pytrees `upper`, `lower` and `data`. The engine does the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+
+class BuildError(Exception):
+    """A program that checks but cannot be built as given (a binding, a file, a size)."""
+
+
+@dataclass(frozen=True)
+class Init:
+    """A variable's initial value: zeros, ones, full, normal, uniform, or a bound tensor."""
+    kind: str
+    shape: tuple[int, ...] = ()
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def draw(self, device, dtype, generator: torch.Generator) -> torch.Tensor:
+        shape = tuple(self.shape)
+        if self.kind == "zeros":
+            t = torch.zeros(shape)
+        elif self.kind == "ones":
+            t = torch.ones(shape)
+        elif self.kind == "full":
+            t = torch.full(shape, float(self.args["value"]))
+        elif self.kind == "normal":
+            t = self.args.get("mean", 0.0) + self.args.get("std", 1.0) * torch.randn(shape, generator=generator)
+        elif self.kind == "uniform":
+            low, high = self.args.get("low", 0.0), self.args.get("high", 1.0)
+            t = low + (high - low) * torch.rand(shape, generator=generator)
+        else:
+            raise ValueError(self.kind)
+        return t.to(device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A variable bound from Python (`var x = input()`)."""
+    value: torch.Tensor
+
+    def draw(self, device, dtype, generator) -> torch.Tensor:
+        return torch.as_tensor(self.value).detach().clone().to(device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, name: str, **params):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "params", params)
+
+
+@dataclass
+class Level:
+    variables: dict[str, Init | Bound]
+    models: dict[str, nn.Module]
+    optimizer: Any                   # upper: (torch.optim name, kwargs); lower: an inner optimiser
+    steps: int = 0
+    start: str = "warm"              # warm, reinit or from
+    start_from: str | None = None    # the upper name the lower level starts from
+
+
+class Program:
+    """Base of every generated program; the engine fills `sizes`, `bindings` and `folder`."""
+
+    source: str = ""
+    pipeline_text: str = ""
+    pipeline: list[Op] = []
+    metrics: dict[str, dict[str, str]] = {}   # name -> datasets swapped for it
+    data_used: list[str] = []                 # datasets the objectives read
+    dtype: str = "float32"
+    device: str = "auto"
+    seed: int = 0
+    outer_steps: int = 100
+    eval_every: int = 10
+
+    def __init__(self, bindings: dict | None = None, folder: str | Path = "."):
+        self.bindings = dict(bindings or {})
+        self.folder = Path(folder)
+        self.sizes: dict[str, int] = {}
+        self.modules: dict[str, nn.Module] = {}
+
+    # --- used by generated code --------------------------------------------------------
+
+    def path(self, relative: str) -> Path:
+        """A data file named in the program, relative to the program's folder."""
+        return self.folder / relative
+
+    def bound(self, name: str, kind: str):
+        if name not in self.bindings:
+            raise BuildError(f"'{name}' is declared as input(); pass it to blodsl.compile(..., "
+                             f"bindings={{'{name}': ...}}) as {kind}")
+        value = self.bindings[name]
+        if kind == "an nn.Module" and not isinstance(value, nn.Module):
+            raise BuildError(f"binding '{name}' must be an nn.Module, not {type(value).__name__}")
+        return value
+
+    def imported(self, ref: str) -> Callable:
+        module, _, name = ref.partition(":")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise BuildError(f"cannot import '{ref}': {e}") from None
+
+    def model(self, name: str, params: dict) -> Callable:
+        """Model `name` applied with the given weights."""
+        module = self.modules[name]
+        return lambda *inputs: functional_call(module, params, inputs)
+
+    # --- written by the generated subclass ------------------------------------------------
+
+    def load_data(self) -> dict:
+        raise NotImplementedError
+
+    def upper_level(self) -> Level:
+        raise NotImplementedError
+
+    def lower_level(self) -> Level:
+        raise NotImplementedError
+
+    def upper_objective(self, upper, lower, data):
+        raise NotImplementedError
+
+    def lower_objective(self, upper, lower, data):
+        raise NotImplementedError
+
+
+def program_folder(program_path: str) -> Path:
+    """Where a program's data files are looked for: beside the .blo file."""
+    return Path(program_path).parent
+
+
+def source_of(module_name: str) -> str:
+    """The generated module's own text (also for modules made by blodsl.compile)."""
+    import inspect
+    import sys
+
+    return inspect.getsource(sys.modules[module_name])

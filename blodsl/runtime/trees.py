@@ -1,0 +1,79 @@
+"""Arithmetic on pytrees: nested dicts of tensors, the shape of every variable set.
+
+Upper variables, lower variables, optimiser states and their cotangents are all
+pytrees, so the operators read like the maths on vectors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils import _pytree as pytree
+
+tree_map = pytree.tree_map
+
+
+def leaves(tree) -> list[torch.Tensor]:
+    return pytree.tree_leaves(tree)
+
+
+def zeros_like(tree):
+    return tree_map(torch.zeros_like, tree)
+
+
+def add(a, b):
+    return tree_map(torch.add, a, b)
+
+
+def sub(a, b):
+    return tree_map(torch.sub, a, b)
+
+
+def scale(a, c):
+    return tree_map(lambda t: t * c, a)
+
+
+def axpy(alpha, x, y):
+    """alpha * x + y"""
+    return tree_map(lambda u, v: alpha * u + v, x, y)
+
+
+def dot(a, b) -> torch.Tensor:
+    return sum((u * v).sum() for u, v in zip(leaves(a), leaves(b)))
+
+
+def sqnorm(a) -> torch.Tensor:
+    return dot(a, a)
+
+
+def detach(tree):
+    return tree_map(lambda t: t.detach(), tree)
+
+
+def clone(tree):
+    return tree_map(lambda t: t.detach().clone(), tree)
+
+
+def flatten(tree) -> torch.Tensor:
+    """All leaves as one vector (for the Nystrom sketch)."""
+    return torch.cat([t.reshape(-1) for t in leaves(tree)])
+
+
+def unflatten(vector: torch.Tensor, like):
+    parts, spec = pytree.tree_flatten(like)
+    out, i = [], 0
+    for t in parts:
+        out.append(vector[i:i + t.numel()].view_as(t))
+        i += t.numel()
+    return pytree.tree_unflatten(out, spec)
+
+
+def flat_names(tree, prefix: str = "") -> dict[str, torch.Tensor]:
+    """{'net': {'weight': W}} -> {'net.weight': W}: the names users see."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_names(value, name + "."))
+        else:
+            out[name] = value
+    return out
