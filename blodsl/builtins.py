@@ -54,11 +54,12 @@ FUNCTIONS: dict[str, Signature] = {s.name: s for s in (
     _sig("clamp", "clamp(x, min=None, max=None)", 1, 1, min=ANY, max=ANY),
     _sig("sqnorm", "sqnorm(x or model): sum of squares of a tensor or of all a model's weights", 1, 1),
     _sig("norm", "norm(x or model): Euclidean norm of a tensor or of all a model's weights", 1, 1),
+    _sig("sqdist", "sqdist(a, b): squared distance between two tensors or two models of one structure", 2, 2),
     _sig("mix", "mix(logits, [a, b, ...]): softmax(logits)-weighted sum of candidates", 2, 2),
 )}
 
 # Functions that accept a model (meaning all its weights) as their argument.
-TAKES_MODEL = {"sqnorm", "norm"}
+TAKES_MODEL = {"sqnorm", "norm", "sqdist"}
 
 # Not differentiable: only in `metric` declarations.
 METRICS: dict[str, Signature] = {s.name: s for s in (

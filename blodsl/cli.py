@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from . import __version__, ir
 from .ast import dump
@@ -33,8 +34,22 @@ def _arguments() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE")
     compile_ = commands.add_parser("compile", help="print a stage of the compiler for one program")
     compile_.add_argument("file", metavar="FILE")
-    compile_.add_argument("--emit", choices=("ast", "ir"), default="ir",
-                          help="ast: the syntax tree; ir: the checked program as JSON (default)")
+    compile_.add_argument("--emit", choices=("ast", "ir", "py"), default=None,
+                          help="ast: the syntax tree; ir: the checked program as JSON (the default); "
+                               "py: the generated Python module (the default with -o)")
+    compile_.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of printing")
+    run = commands.add_parser("run", help="train a program and report its metrics")
+    run.add_argument("file", metavar="FILE")
+    run.add_argument("--outer-steps", type=int, metavar="N", help="outer steps (default: the program's)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                     help="change a setting, e.g. lower.steps=20, CG.k=5, upper.optimizer.lr=0.01 (repeatable)")
+    run.add_argument("--device", help="cpu, cuda or cuda:N (default: the program's, else CUDA when present)")
+    run.add_argument("--dtype", choices=("float32", "float64"))
+    run.add_argument("--seed", type=int)
+    run.add_argument("--no-compile", action="store_true", help="run the same code eagerly (no torch.compile)")
+    run.add_argument("--no-baseline", action="store_true", help="skip the program's baseline comparison")
+    run.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on stdout")
+    run.add_argument("--out", metavar="DIR", help="the run folder (default: a new runs/PROGRAM-NNN)")
     return parser
 
 
@@ -67,11 +82,102 @@ def main(argv: list[str] | None = None) -> int:
             print(render_all(checked.warnings, checked.source), file=sys.stderr)
         if args.command == "check":
             print(summary(checked.program))
-        elif args.emit == "ast":
-            print(dump(checked.tree))
+        elif args.command == "run":
+            return _run(args, checked.program)
         else:
-            print(checked.program.model_dump_json(indent=2))
+            status = _compile(args, checked) or status
     return status
+
+
+def _compile(args, checked) -> int:
+    emit = args.emit or ("py" if args.output else "ir")
+    if emit == "ast":
+        text = dump(checked.tree) + "\n"
+    elif emit == "ir":
+        text = checked.program.model_dump_json(indent=2) + "\n"
+    else:
+        from .codegen import generate
+
+        text = generate(checked.program)
+    if not args.output:
+        print(text, end="")
+        return EXIT_OK
+    out = Path(args.output)
+    if out.exists() and (out.is_dir() or not _is_generated(out)):
+        print(f"blodsl: error: '{out}' exists and was not written by blodsl; not overwriting it", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        out.write_text(text)
+    except OSError as e:
+        print(f"blodsl: error: cannot write '{out}': {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _is_generated(path: Path) -> bool:
+    try:
+        head = path.read_text(errors="replace")[:300]
+    except OSError:
+        return False
+    return "compiled by blodsl" in head or head.lstrip().startswith(("{", "Program("))
+
+
+def _run(args, program: ir.Program) -> int:
+    from .overrides import OverrideError, apply
+
+    try:
+        program = apply(program, args.overrides)
+    except OverrideError as e:
+        print(f"blodsl: error: --set {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.outer_steps is not None and args.outer_steps < 1:
+        print("blodsl: error: --outer-steps must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        print(f"blodsl: error: '{out}' already exists and is not empty; choose a new run folder", file=sys.stderr)
+        return EXIT_USAGE
+    from .runner import run
+    from .runtime import BuildError
+    from .runtime.data import DataError
+    from .runtime.hypergrad import NotSupported
+
+    try:
+        run(program, outer_steps=args.outer_steps, device=args.device, dtype=args.dtype, seed=args.seed,
+            compile=not args.no_compile, out=out, as_json=args.json, baseline=not args.no_baseline)
+    except (BuildError, DataError, NotSupported) as e:
+        print(f"{program.path}: error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("\ninterrupted; the run folder keeps the metrics so far", file=sys.stderr)
+        return 130
+    except Exception as e:
+        where = _blame(e, program)
+        if os.environ.get("BLODSL_DEBUG"):
+            raise
+        if where is None:
+            print(f"blodsl: internal error while running '{program.path}': {type(e).__name__}: {e}\n"
+                  "Please report it with the program; BLODSL_DEBUG=1 shows the traceback.", file=sys.stderr)
+            return EXIT_INTERNAL
+        print(f"{program.path}:{where[0]}: error: {where[1]} failed while running: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def _blame(error: BaseException, program: ir.Program) -> tuple[int, str] | None:
+    """The .blo line of the objective or metric whose generated code raised, if any."""
+    lines = {"upper_objective": (program.upper.objective.line, "the upper objective"),
+             "lower_objective": (program.lower.objective.line, "the lower objective")}
+    lines.update({f"metric_{m.name}": (m.line, f"metric {m.name}") for m in program.run.metrics})
+    tb, found = error.__traceback__, None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename.startswith("<blodsl:") and code.co_name in lines:
+            found = lines[code.co_name]
+        tb = tb.tb_next
+    return found
 
 
 def summary(program: ir.Program) -> str:

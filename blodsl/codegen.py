@@ -159,6 +159,8 @@ class Emitter:
             self.emit(f'"{m.name}": rt.MetricSpec(rebind={lit(m.rebind)}, datasets={lit(tuple(reads))}),{self.at(m.line)}', 2)
         self.emit("}", 1)
         self.emit(f"outer_steps, eval_every, seed = {run.outer_steps}, {run.eval_every}, {run.seed}", 1)
+        baseline = None if run.baseline is None else run.baseline.grid
+        self.emit(f"baseline = {lit(baseline)}  # upper values held fixed for comparison ({{}}: initial)", 1)
         self.emit(f"device, dtype = {lit(run.device)}, {lit(run.dtype)}", 1)
 
     def load_data(self):

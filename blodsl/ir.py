@@ -220,12 +220,19 @@ class Metric(Node):
     line: int
 
 
+class Baseline(Node):
+    """What the program is compared with: the lower level trained with the upper
+    variables fixed at their initial values (empty grid), or at each grid value."""
+    grid: dict[str, list[float]] = {}
+
+
 class Run(Node):
     outer_steps: int
     eval_every: int
     seed: int
     device: str
     dtype: Literal["float32", "float64"]
+    baseline: Baseline | None = None
     metrics: list[Metric]
 
 

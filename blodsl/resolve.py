@@ -25,7 +25,7 @@ from .values import NotConstant, constant
 BLOCKS = ("data", "upper", "lower", "run")
 LEVEL_SETTINGS = {"upper": ("objective", "optimizer"),
                   "lower": ("objective", "optimizer", "steps", "start")}
-RUN_SETTINGS = ("outer_steps", "eval_every", "seed", "device", "dtype")
+RUN_SETTINGS = ("outer_steps", "eval_every", "seed", "device", "dtype", "baseline")
 TOP_SETTINGS = ("hypergradient",)
 SKELETON = """data {
     train, val, test = digits(label_noise=0.4)
@@ -666,6 +666,10 @@ class Resolver(ExpressionResolver, ProgramRules):
                     ok = False
                     continue
                 seen[key] = stmt
+                if key == "baseline":
+                    values["baseline"] = self.baseline(stmt.value)
+                    ok &= values["baseline"] is not None
+                    continue
                 v = self.const(stmt.value, key, words=key in ("device", "dtype"))
                 problem = _run_setting_problem(key, v) if v is not REQUIRED else "is not a constant"
                 if problem:
@@ -682,6 +686,32 @@ class Resolver(ExpressionResolver, ProgramRules):
         if values["eval_every"] is None:
             values["eval_every"] = max(1, values["outer_steps"] // 10)
         return ir.Run(metrics=metrics, **values)
+
+    def baseline(self, e: ast.Expr) -> ir.Baseline | None:
+        """`initial`, or `grid(var=[v, ...])`: the lower level trained with the upper one held fixed."""
+        usage = "write `baseline = initial` or `baseline = grid(name=[value, ...])` with an upper variable"
+        if isinstance(e, ast.Name) and e.id == "initial":
+            return ir.Baseline()
+        if not (isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id == "grid"
+                and not e.args and e.kwargs):
+            self.error("a baseline is the upper level held at its initial values or at each value of a grid",
+                       e.span, fix=usage)
+            return None
+        grid = {}
+        for kw in e.kwargs:
+            sym = self.symbols.get(kw.name.text)
+            if sym is None or sym.kind != "var" or sym.level != "upper":
+                self.error(f"'{kw.name.text}' is not an upper-level variable", kw.name.span, fix=usage)
+                return None
+            v = self.const(kw.value, f"the grid of {kw.name.text}")
+            if v is REQUIRED:
+                return None
+            if not (isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in v)):
+                self.error("a grid is a non-empty list of numbers", kw.value.span, fix=usage)
+                return None
+            grid[kw.name.text] = [float(x) for x in v]
+        return ir.Baseline(grid=grid)
 
     def metric(self, stmt: ast.Declaration) -> ir.Metric | None:
         rebind = {}

@@ -71,6 +71,16 @@ class ProgramRules:
                            settings["start"].value.span, fix="remove `start = warm` (DI starts from its learned value)")
             lower = lower.model_copy(update={"start": ir.Start(mode="reinit", line=lower.start.line)})
 
+        implicit = [op for op in ("CG", "NS", "NYSTROM", "FD", "IGA") if op in ops]
+        if implicit and not lower_obj & {("upper", n) for n in upper_names}:
+            op = implicit[0]
+            fix = ("for implicit MAML, anchor the learner to the meta-model, e.g. "
+                   f"`+ 0.5 * sqdist({next(iter(lower_names))}, {start_from})`, or use `hypergradient = IAD`"
+                   if start_from else "use the upper variables in the lower objective, or use RAD")
+            self.error(f"{op} differentiates the lower solution through the lower objective's dependence on the "
+                       "upper variables; this lower objective uses none, so the hypergradient would be zero",
+                       ops[op].span, fix=fix)
+
         task_sets = {ds.name for ds in datasets if ds.tasks}
         if task_sets & {name for _, name in lower_obj if _ == "data"} and "IAD" not in ops:
             self.error("few-shot task batches are learned with IAD-based (meta-learning) pipelines",

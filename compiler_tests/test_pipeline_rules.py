@@ -39,7 +39,9 @@ ACCEPTED = [
              hypergradient="hypergradient = ALTO")),
     ("FOA with IAD", program(META, hypergradient="hypergradient = FOA -> IAD")),
     ("IAD alone", META),
-    ("IAD handing on to CG", program(META, hypergradient="hypergradient = IAD -> CG(k=5)")),
+    ("IAD handing on to CG (implicit MAML)", program(
+        META, hypergradient="hypergradient = IAD -> CG(k=5)",
+        objective="objective = mse(learner(tasks.support_x), tasks.support_y) + 0.5 * sqdist(learner, meta)")),
     ("IAD handing on to RAD after FOA", program(META, hypergradient="hypergradient = FOA -> IAD -> RAD")),
     ("DI without IAD", program(hypergradient="hypergradient = DI -> RAD")),
     ("RGT with FD absent", program(hypergradient="hypergradient = RGT(truncate=19) -> RAD")),
@@ -49,6 +51,11 @@ ACCEPTED = [
 ]
 
 REJECTED = [
+    ("implicit terminal with no upper variable in the lower objective",
+     program(META, hypergradient="hypergradient = IAD -> CG(k=5)"), "the hypergradient would be zero"),
+    ("FD when the lower objective ignores the upper level",
+     program(BASE, hypergradient="hypergradient = FD", objective="objective = cross_entropy(net(train.x), train.y)"),
+     "this lower objective uses none"),
     ("wrong order", program(hypergradient="hypergradient = PTT -> DI -> RAD"), "DI cannot come after PTT"),
     ("terminal first", program(hypergradient="hypergradient = RAD -> PTT"), "PTT cannot come after RAD"),
     ("first-order combined", program(hypergradient="hypergradient = VFO -> RAD"), "VFO is a first-order method"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -127,8 +128,17 @@ class Pipeline:
 
     def _hypergradient(self):
         d = self._data(self.program.data_used, self.steps_done)
-        return hypergradient(self.plan, self.kernels, self.inner, self.x, self._start_point(self.x, self.tasks),
-                             d, self.tasks)
+        result = hypergradient(self.plan, self.kernels, self.inner, self.x, self._start_point(self.x, self.tasks),
+                               d, self.tasks)
+        if self.lower_decl.start == "from" and result.start_grad is not None:
+            # IAD: the upper model is the lower level's start, so dF/dy0 is part of its gradient
+            (name,) = list(self.y)
+            source = self.lower_decl.start_from
+            through = result.start_grad[name]
+            if self.tasks:
+                through = trees.tree_map(lambda t: t.sum(0), through)
+            result.upper_grad[source] = trees.add(result.upper_grad[source], through)
+        return result
 
     def hypergradient(self) -> dict[str, torch.Tensor]:
         """dF/dx at the current state, by name; changes nothing."""
@@ -201,6 +211,16 @@ class Pipeline:
                 callback(record)
         return record
 
+    def compare(self) -> dict | None:
+        """The program's `baseline`: metrics with the upper level held fixed (the best grid
+        point by upper objective, with the values it held), or None if none is declared."""
+        grid = self.program.baseline
+        if grid is None:
+            return None
+        points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+        results = [{**self.baseline(point), **({"held": point} if point else {})} for point in points]
+        return min(results, key=lambda r: r["upper_objective"])
+
     def baseline(self, upper: dict | None = None) -> dict:
         """Metrics of the lower level trained as long, with the upper variables held fixed
         (at their initial values, or at `upper`): what the program achieves without its upper level."""
@@ -210,7 +230,8 @@ class Pipeline:
         y = trees.clone(self.initial_lower)
         if self.lower_decl.start != "from":
             zero = torch.zeros((), device=self.device, dtype=self.dtype)
-            rounds = self.program.outer_steps if self.lower_decl.start == "warm" else 1
+            # as many inner loops as the run made (or will make)
+            rounds = (self.steps_done or self.program.outer_steps) if self.lower_decl.start == "warm" else 1
             for r in range(rounds):
                 d = self._data(self.program.data_used, r)
                 s = self.inner.init(y)

@@ -86,6 +86,7 @@ class Program:
     dtype: str = "float32"
     device: str = "auto"
     seed: int = 0
+    baseline: dict[str, list[float]] | None = None   # {}: the initial upper values
     outer_steps: int = 100
     eval_every: int = 10
 

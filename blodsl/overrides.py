@@ -1,0 +1,80 @@
+"""`--set key=value`: changing a checked program from the command line.
+
+Each key names one setting of the IR; the value is checked as the checker
+would check it in a .blo file, and the rules that tie settings together
+(RGT's truncate below the lower level's steps) are checked again.
+"""
+
+from __future__ import annotations
+
+import ast as pyast
+
+from . import ir
+from .operators import BY_NAME
+
+KEYS = ("lower.steps", "upper.optimizer.ARG", "lower.optimizer.ARG", "run.outer_steps", "run.eval_every",
+        "run.seed", "OPERATOR.PARAM (e.g. CG.k)")
+
+
+class OverrideError(Exception):
+    pass
+
+
+def parse_value(text: str):
+    try:
+        return pyast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _positive_int(key, v, low=1):
+    if not isinstance(v, int) or isinstance(v, bool) or v < low:
+        raise OverrideError(f"{key} must be an integer >= {low}, not {v!r}")
+    return v
+
+
+def apply(program: ir.Program, assignments: list[str]) -> ir.Program:
+    for item in assignments:
+        key, eq, text = item.partition("=")
+        if not eq or not key:
+            raise OverrideError(f"--set takes key=value, not {item!r}")
+        program = _apply_one(program, key.strip(), parse_value(text.strip()))
+    rgt = next((op for op in program.pipeline.operators if op.name == "RGT"), None)
+    if rgt and not 0 < rgt.params["truncate"] < program.lower.steps:
+        raise OverrideError(f"RGT's truncate ({rgt.params['truncate']}) must stay below lower.steps "
+                            f"({program.lower.steps})")
+    return program
+
+
+def _apply_one(p: ir.Program, key: str, v) -> ir.Program:
+    parts = key.split(".")
+    if key == "lower.steps":
+        return p.model_copy(update={"lower": p.lower.model_copy(update={"steps": _positive_int(key, v)})})
+    if parts[0] in ("upper", "lower") and len(parts) == 3 and parts[1] == "optimizer":
+        level = getattr(p, parts[0])
+        if parts[2] not in level.optimizer.args and parts[0] == "lower":
+            raise OverrideError(f"{key}: the inner {level.optimizer.name} has no argument '{parts[2]}'; it has "
+                                + ", ".join(level.optimizer.args))
+        if isinstance(v, bool) or not isinstance(v, (int, float, list)):
+            raise OverrideError(f"{key} must be a number, not {v!r}")
+        opt = level.optimizer.model_copy(update={"args": {**level.optimizer.args, parts[2]: v}})
+        return p.model_copy(update={parts[0]: level.model_copy(update={"optimizer": opt})})
+    if parts[0] == "run" and len(parts) == 2 and parts[1] in ("outer_steps", "eval_every", "seed"):
+        v = _positive_int(key, v, low=0 if parts[1] == "seed" else 1)
+        return p.model_copy(update={"run": p.run.model_copy(update={parts[1]: v})})
+    if len(parts) == 2 and parts[0] in BY_NAME:
+        ops = list(p.pipeline.operators)
+        found = [i for i, op in enumerate(ops) if op.name == parts[0]]
+        if not found:
+            raise OverrideError(f"{key}: the pipeline `{p.pipeline.text}` has no {parts[0]}")
+        param = next((q for q in BY_NAME[parts[0]].params if q.name == parts[1]), None)
+        if param is None:
+            names = ", ".join(q.name for q in BY_NAME[parts[0]].params) or "none"
+            raise OverrideError(f"{key}: {parts[0]} has no parameter '{parts[1]}' (it has: {names})")
+        problem = param.problem(v)
+        if problem:
+            raise OverrideError(f"{key} {problem}, not {v!r}")
+        i = found[0]
+        ops[i] = ops[i].model_copy(update={"params": {**ops[i].params, parts[1]: v}})
+        return p.model_copy(update={"pipeline": p.pipeline.model_copy(update={"operators": ops})})
+    raise OverrideError(f"unknown setting '{key}'; --set accepts " + ", ".join(KEYS))
