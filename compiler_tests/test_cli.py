@@ -51,12 +51,12 @@ def test_usage_errors_exit_2():
 def test_compile_emits_ast_and_ir(in_root):
     status, out, _ = run_cli("compile", "programs/sinusoid_maml.blo", "--emit", "ast")
     assert status == 0 and out.startswith("Program")
-    assert "Declaration" in out and "@27:5" in out  # positions shown as line:col
+    assert "Declaration" in out and "@30:5" in out  # positions shown as line:col
     status, out, _ = run_cli("compile", "programs/sinusoid_maml.blo", "--emit", "ir")
     program = json.loads(out)
     assert status == 0
     assert [op["name"] for op in program["pipeline"]["operators"]] == ["NGD", "IAD"]
-    assert program["lower"]["start"] == {"mode": "from", "source": "meta", "line": 31}
+    assert program["lower"]["start"] == {"mode": "from", "source": "meta", "line": 34}
 
 
 def test_compile_of_an_invalid_program_exits_1(in_root):
