@@ -141,7 +141,7 @@ class Emitter:
         self.emit("def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):")
         self.emit(f'"""The pipeline of {self.file}: `.run()`, `.step()`, `.hypergradient()`."""', 1)
         self.emit("folder = rt.program_folder(PROGRAM) if folder is None else folder", 1)
-        self.emit("return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__name__), device=device,", 1)
+        self.emit("return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__file__), device=device,", 1)
         self.emit("                   dtype=dtype, compile=compile, seed=seed)", 1)
         return "\n".join(self.lines) + "\n"
 

@@ -146,9 +146,8 @@ def program_folder(program_path: str) -> Path:
     return Path(program_path).parent
 
 
-def source_of(module_name: str) -> str:
-    """The generated module's own text (also for modules made by blodsl.compile)."""
-    import inspect
-    import sys
+def source_of(filename: str) -> str:
+    """The generated module's own text, from its file or from blodsl.compile's line cache."""
+    import linecache
 
-    return inspect.getsource(sys.modules[module_name])
+    return "".join(linecache.getlines(filename))
