@@ -92,7 +92,7 @@ class Batch:
     def dot(self, a, b):
         if not self.tasks:
             return trees.dot(a, b)
-        return sum((u * v).flatten(1).sum(1) for u, v in zip(trees.leaves(a), trees.leaves(b)))
+        return sum((u * v).reshape(self.tasks, -1).sum(1) for u, v in zip(trees.leaves(a), trees.leaves(b)))
 
     @staticmethod
     def scale(tree, c):
@@ -199,7 +199,7 @@ def conjugate_gradient(hvp, v, iterations: int, tol: float, batch: Batch | None 
     p = v
     rr = batch.dot(r, r)
     for _ in range(iterations):
-        active = torch.sqrt(rr) >= tol
+        active = rr >= tol
         if not bool(active.any()):
             break
         hp = hvp(p)

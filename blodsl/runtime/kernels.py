@@ -59,9 +59,13 @@ def make_kernels(f, F, optimizer, gda: bool, task_dims=None, compile: bool = Tru
     def grad_y_f(x, y, d):
         return grad(f, argnums=1)(x, y, d)
 
+    decay = getattr(optimizer, "weight_decay", 0.0)
+
     def hvp(x, y, d, v):
-        # H is symmetric, so a reverse-over-reverse product is H v
-        return vjp(lambda y: grad_y_f(x, y, d), y)[1](v)[0]
+        # H is symmetric, so a reverse-over-reverse product is H v. The inner optimiser's
+        # L2 weight decay is part of what its fixed point minimises: H + decay * I.
+        hv = vjp(lambda y: grad_y_f(x, y, d), y)[1](v)[0]
+        return trees.axpy(decay, v, hv) if decay else hv
 
     def cross_vjp(x, y, d, q):
         return grad(lambda x: trees.dot(grad_y_f(x, y, d), q))(x)
