@@ -147,7 +147,8 @@ def _run(args, program: ir.Program) -> int:
         run(program, outer_steps=args.outer_steps, device=args.device, dtype=args.dtype, seed=args.seed,
             compile=not args.no_compile, out=out, as_json=args.json, baseline=not args.no_baseline)
     except (BuildError, DataError, NotSupported) as e:
-        print(f"{program.path}: error: {e}", file=sys.stderr)
+        line = _lines(program).get(getattr(e, "where", None), (None,))[0]
+        print(f"{program.path}{f':{line}' if line else ''}: error: {e}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
         print("\ninterrupted; the run folder keeps the metrics so far", file=sys.stderr)
@@ -166,11 +167,17 @@ def _run(args, program: ir.Program) -> int:
     return EXIT_OK
 
 
-def _blame(error: BaseException, program: ir.Program) -> tuple[int, str] | None:
-    """The .blo line of the objective or metric whose generated code raised, if any."""
+def _lines(program: ir.Program) -> dict[str, tuple[int, str]]:
+    """Generated method -> (.blo line, what it is)."""
     lines = {"upper_objective": (program.upper.objective.line, "the upper objective"),
              "lower_objective": (program.lower.objective.line, "the lower objective")}
     lines.update({f"metric_{m.name}": (m.line, f"metric {m.name}") for m in program.run.metrics})
+    return lines
+
+
+def _blame(error: BaseException, program: ir.Program) -> tuple[int, str] | None:
+    """The .blo line of the objective or metric whose generated code raised, if any."""
+    lines = _lines(program)
     tb, found = error.__traceback__, None
     while tb is not None:
         code = tb.tb_frame.f_code

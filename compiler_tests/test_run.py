@@ -175,3 +175,19 @@ def test_blodsl_run_as_a_command(in_root, tmp_path):
                            "--json", "--out", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert set(json.loads(done.stdout)) >= {"step", "upper_objective", "val_mse"}
+
+
+def test_an_objective_that_is_not_one_number_is_located(tmp_path):
+    path = tmp_path / "vector.blo"
+    path.write_text(program(objective='objective = sigmoid(w) * cross_entropy(net(train.x), train.y, reduction="none")'))
+    status, _, err = run_cli("run", str(path), *SHORT)
+    assert status == 1
+    assert err == (f"{path}:11: error: the lower objective must be a single number, but it gives a tensor of "
+                   "shape [898]; reduce it with mean(...) or sum(...)\n")
+
+
+def test_asking_for_a_gpu_on_a_machine_without_one(in_root):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    status, _, err = run_cli("run", "programs/ridge_regression.blo", *SHORT, "--device", "cuda")
+    assert status == 1 and "this machine has no CUDA GPU; use --device cpu" in err

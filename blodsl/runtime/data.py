@@ -197,9 +197,13 @@ def csv(path, target=-1, header=True, split=(1.0,), seed=0, label_noise=0.0):
 
 def _read_idx(path: Path) -> torch.Tensor:
     raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 4:
+        raise DataError(f"'{path}' is truncated: {len(raw)} bytes")
     zero, kind, dims = struct.unpack(">HBB", raw[:4])
     if zero != 0 or kind != 0x08:
         raise DataError(f"'{path}' is not an IDX file of unsigned bytes")
+    if len(raw) < 4 + 4 * dims:
+        raise DataError(f"'{path}' is truncated: its header names {dims} dimensions")
     shape = struct.unpack(f">{dims}I", raw[4:4 + 4 * dims])
     data = torch.frombuffer(bytearray(raw[4 + 4 * dims:]), dtype=torch.uint8)
     if data.numel() != math.prod(shape):

@@ -71,6 +71,20 @@ class Pipeline:
             name, args = upper.optimizer
             self.start_optimizer = self._optimizer((name, {**args, "lr": self.plan.di_lr}), trees.leaves(self.start))
         self.steps_done = 0
+        self._check_objectives()
+
+    def _check_objectives(self):
+        """Each objective is one number (per task): found here, not deep inside a transform."""
+        d = self._data(self.program.data_used, 0)
+        y0 = self._start_point(self.x, self.tasks)
+        dims = (None, 0 if self.tasks else None, self.task_dims)
+        for level in ("upper", "lower"):
+            objective = getattr(self.program, f"{level}_objective")
+            value = vmap(objective, in_dims=dims)(self.x, y0, d) if self.tasks else objective(self.x, y0, d)
+            shape = tuple(value.shape)[1:] if self.tasks else tuple(value.shape)
+            if shape != ():
+                raise BuildError(f"the {level} objective must be a single number, but it gives a tensor of "
+                                 f"shape {list(shape)}; reduce it with mean(...) or sum(...)", where=f"{level}_objective")
 
     # --- building -----------------------------------------------------------------------
 
