@@ -191,7 +191,8 @@ def test_ridge_cg_matches_closed_form():
 
 def test_ridge_cg_uses_the_inner_weight_decay():
     """Oracle 1 + CG with SGD(weight_decay=c): the inner loop's fixed point solves
-    grad f + c w = 0, so the implicit function theorem needs H + c I."""
+    grad f + c w = 0, so the implicit function theorem needs H + c I (the Hessian-vector
+    product once left the optimiser's weight decay out)."""
     data = ridge_data()
     ridge = Ridge(data, weight_decay=0.5)
     got = build(ridge_program("CG(k=5, tol=1e-30)", steps=300, optimizer="SGD(lr=0.02, weight_decay=0.5)"),
@@ -258,7 +259,7 @@ def test_ridge_iga():
 
 
 def split_tree(vector: torch.Tensor) -> dict:
-    """An 6-vector as a two-leaf pytree, so the solvers are exercised on pytrees."""
+    """A 6-vector as a two-leaf pytree, so the solvers are exercised on pytrees."""
     return {"a": vector[:2].clone(), "b": vector[2:].reshape(2, 2).clone()}
 
 
@@ -317,8 +318,7 @@ def test_cg_stops_at_tolerance():
     """CG stops once the residual norm falls below tol: the iterate it returns is textbook
     iterate m (the first whose residual is below tol), after exactly m Hessian products."""
     H, v = spd([0.3, 1.0, 2.5, 7.0, 20.0, 60.0], seed=7), randn(6, seed=8)
-    _, residuals = textbook_cg(H, v, 6)
-    iterates, _ = textbook_cg(H, v, 6)
+    iterates, residuals = textbook_cg(H, v, 6)
     m = 3
     tol = float(residuals[m]) * 1.01
     assert all(residuals[j] >= tol for j in range(m))    # m is the first iterate below tol
@@ -329,23 +329,31 @@ def test_cg_stops_at_tolerance():
 
 
 def test_cg_stops_per_task_on_a_batch():
-    """CG on a task batch: each task stops at its own iteration (one exactly converged after
-    one step, where r = p = 0 must give no NaN), and each returns its own textbook iterate."""
+    """CG on a task batch: each task stops at its own iteration and returns its own textbook
+    iterate (task 0 after 3 steps, task 1 after 2); task 2 converges exactly after one step,
+    where r = p = 0 must give no NaN."""
     H0, v0 = spd([0.3, 1.0, 2.5, 7.0, 20.0, 60.0], seed=7), randn(6, seed=8)
-    H1, v1 = 2.0 * torch.eye(6, dtype=D), randn(6, seed=9)
-    iterates, residuals = textbook_cg(H0, v0, 6)
-    tol = float(residuals[3]) * 1.01
-    Hs = torch.stack([H0, H1])
+    H1, v1 = spd([0.5, 0.8, 3.0, 9.0, 15.0, 40.0], seed=14), randn(6, seed=15)
+    H2, v2 = 2.0 * torch.eye(6, dtype=D), randn(6, seed=9)
+    iterates0, residuals0 = textbook_cg(H0, v0, 6)
+    tol = float(residuals0[3]) * 1.01
+    _, residuals1 = textbook_cg(H1, v1, 6)
+    v1 = v1 * tol / float(residuals1[1] * residuals1[2]) ** 0.5       # task 1's residual crosses tol at 2
+    iterates1, residuals1 = textbook_cg(H1, v1, 6)
+    assert min(residuals0[:3]) >= tol > residuals0[3] and min(residuals1[:2]) >= tol > residuals1[2]
+    Hs = torch.stack([H0, H1, H2])
     calls = []
 
     def hvp(u):
         calls.append(1)
         return {"y": torch.einsum("bij,bj->bi", Hs, u["y"])}
 
-    got = conjugate_gradient(hvp, {"y": torch.stack([v0, v1])}, 20, tol, Batch(2))["y"]
+    got = conjugate_gradient(hvp, {"y": torch.stack([v0, v1, v2])}, 20, tol, Batch(3))["y"]
     assert len(calls) == 3
-    assert_close(got[0], iterates[2], rtol=1e-12)
-    assert torch.equal(got[1], v1 / 2)
+    assert_close(got[0], iterates0[2], rtol=1e-12)
+    assert_close(got[1], iterates1[1], rtol=1e-12)
+    assert not torch.allclose(iterates1[1], iterates1[2], rtol=1e-3)   # stopping late would show
+    assert torch.equal(got[2], v2 / 2)
 
 
 # --- RAD through SGD, SGD with momentum, Adam, against autograd through the unrolled loop ------------
@@ -431,6 +439,23 @@ def test_rad_matches_autograd_through_the_unrolled_loop(optimizer, reference, to
     assert pipeline.lower["w"][4] == 0          # the coordinate whose second moment stayed 0
 
 
+@pytest.mark.parametrize("optimizer, reference, torch_optimizer", OPTIMIZERS[1:3], ids=[o[0] for o in OPTIMIZERS[1:3]])
+def test_rgt_matches_truncated_autograd_on_a_nonlinear_problem(optimizer, reference, torch_optimizer):
+    """RGT(truncate=K) -> RAD = autograd through the last T-K inner steps only, with y_K and
+    the optimiser state detached (the steps are nonlinear here, so each reverse step must
+    use its own y_t)."""
+    data = logistic_data()
+    f, F = logistic_objectives(data)
+    got = build(logistic_program(optimizer, "RGT(truncate=2) -> RAD"), **data).hypergradient()["lam"]
+
+    lam = leaf(data["lam"])
+    y_T = unroll(f, lam, torch.zeros(5, dtype=D), reference(), LOGISTIC_STEPS, detach_at=2)
+    (expected,) = torch.autograd.grad(F(lam, y_T), lam)
+    assert_close(got, expected, rtol=1e-9)
+    (full,) = torch.autograd.grad(F(lam, unroll(f, lam, torch.zeros(5, dtype=D), reference(), LOGISTIC_STEPS)), lam)
+    assert not torch.allclose(got, full, rtol=1e-3)      # truncation changes the answer
+
+
 # --- oracle 4: unrolled gradient descent on a quadratic (IAD, FOA, RAD, RGT) -------------------------
 
 
@@ -444,10 +469,10 @@ def quad_data() -> dict:
 
 def quad_program(pipeline: str, steps: int, upper_var: str, lower_var: str, lower_objective: str,
                  upper_objective: str = "0.5 * sqdist(w, quad.c)", optimizer: str = f"SGD(lr={QUAD_LR})",
-                 extra_lower: str = "", upper_optimizer: str = "SGD(lr=0.1)") -> str:
+                 extra_lower: str = "") -> str:
     return program(
         data='quad = input(fields=["A", "b", "c"])',
-        upper=f"{upper_var}\nobjective = {upper_objective}\noptimizer = {upper_optimizer}",
+        upper=f"{upper_var}\nobjective = {upper_objective}\noptimizer = SGD(lr=0.1)",
         lower=f"{lower_var}\nobjective = {lower_objective}\noptimizer = {optimizer}\nsteps = {steps}\n{extra_lower}",
         pipeline=pipeline)
 
@@ -457,8 +482,8 @@ QUADRATIC = "0.5 * sum(w * (quad.A @ w)) - sum(quad.b * w)"
 
 @pytest.mark.parametrize("pipeline", ["IAD", "FOA -> IAD"])
 def test_iad_on_a_quadratic(pipeline):
-    """Oracle 4 + IAD: y_T = M^T y_0 + ..., M = I - aA, so dF/dy_0 = (M^T)^T (y_T - c) (exact MAML);
-    FOA takes dy_T/dy_0 = I, giving dF/dy evaluated at y_T."""
+    """Oracle 4 + IAD: with M = I - aA, y_T = M**T y_0 + (terms free of y_0), so exact MAML
+    gives dF/dy_0 = (M**T)' (y_T - c); FOA takes dy_T/dy_0 = I, giving dF/dy at y_T."""
     data, T = quad_data(), 6
     pipeline_ = build(quad_program(pipeline, T, "var w0 = normal(4)", "var w = zeros(4)", QUADRATIC,
                                    extra_lower="start = from(w0)"), **data)
@@ -689,22 +714,81 @@ def test_task_batch_iad_and_foa_equal_the_mean_of_per_task_gradients():
     assert not torch.allclose(results["IAD"]["meta.0.weight"], results["FOA -> IAD"]["meta.0.weight"], rtol=1e-3)
 
 
-def test_task_batch_cg_with_a_scalar_lower_variable():
-    """Oracle 5 on task batches with scalar variables: per task f = mean((sy - c)^2) +
-    l/2 (c - c0)^2, so H = 2 + l, J = -l and dF/dc0 = mean over tasks of l/(2+l) dF/dc(c_T)."""
-    lam, lr, steps = 0.5, 0.2, 60
-    source = program(
+SCALAR_LAM, SCALAR_LR, SCALAR_STEPS = 0.5, 0.2, 10
+
+
+def scalar_tasks_program(pipeline: str) -> str:
+    return program(
         data="tasks = sinusoid(tasks=4, shots=5, queries=5)",
         upper="var c0 = 0.5\nobjective = mean((tasks.query_y - c) ** 2)\noptimizer = SGD(lr=0.1)",
-        lower=f"var c = 0.5\nobjective = mean((tasks.support_y - c) ** 2) + 0.5 * {lam} * (c - c0) ** 2\n"
-              f"optimizer = SGD(lr={lr})\nsteps = {steps}\nstart = from(c0)",
-        pipeline="IAD -> CG(k=3)")
-    built = build(source)
+        lower=f"var c = 0.5\nobjective = mean((tasks.support_y - c) ** 2) + 0.5 * {SCALAR_LAM} * (c - c0) ** 2\n"
+              f"optimizer = SGD(lr={SCALAR_LR})\nsteps = {SCALAR_STEPS}\nstart = from(c0)",
+        pipeline=pipeline)
+
+
+# per task, with v = dF/dc and g = df/dc at c_T, H = 2 + l and grad_c0 f = -l (c - c0):
+SCALAR_TERMINALS = {
+    "IAD -> CG(k=3)": lambda v, g, c, c0: SCALAR_LAM / (2 + SCALAR_LAM) * v,
+    "IAD -> NS(k=4, alpha=0.1)": lambda v, g, c, c0: SCALAR_LAM * 0.1 * v * sum(
+        (1 - 0.1 * (2 + SCALAR_LAM)) ** i for i in range(5)),
+    "IAD -> FD(r=0.01)": lambda v, g, c, c0: SCALAR_LR * SCALAR_LAM * v,
+    "IAD -> IGA": lambda v, g, c, c0: -(v * g) / (g * g) * -SCALAR_LAM * (c - c0),
+}
+
+
+@pytest.mark.parametrize("pipeline", list(SCALAR_TERMINALS))
+def test_task_batch_terminals_with_a_scalar_lower_variable(pipeline):
+    """Oracle 5 on task batches with scalar variables: per task f = mean((sy - c)^2) +
+    l/2 (c - c0)^2, F = mean((qy - c)^2); CG gives l/(2+l) dF/dc, NS the truncated series,
+    FD eta * l * dF/dc (exact: grad_c0 f is linear in c), IGA its ratio; the batch's
+    hypergradient is the mean of the per-task ones."""
+    built = build(scalar_tasks_program(pipeline))
     (batch,) = built._data(built.program.data_used, built.steps_done).values()
     got = built.hypergradient()["c0"]
 
     sy, qy = batch["support_y"].flatten(1), batch["query_y"].flatten(1)      # tasks x points
     c0 = torch.tensor(0.5, dtype=D)
-    c_T = gradient_descent(lambda c: -2 * (sy - c[:, None]).mean(1) + lam * (c - c0), c0.expand(4), lr, steps)
-    expected = (lam / (2 + lam) * -2 * (qy - c_T[:, None]).mean(1)).mean()
-    assert_close(got, expected, rtol=1e-10)
+
+    def grad_f(c):
+        return -2 * (sy - c[:, None]).mean(1) + SCALAR_LAM * (c - c0)
+
+    c_T = gradient_descent(grad_f, c0.expand(4), SCALAR_LR, SCALAR_STEPS)
+    v = -2 * (qy - c_T[:, None]).mean(1)
+    expected = SCALAR_TERMINALS[pipeline](v, grad_f(c_T), c_T, c0).mean()
+    assert_close(got, expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("pipeline", ["PTT -> IAD", "PTT -> IAD -> CG(k=3)"])
+def test_task_batch_ptt_picks_each_tasks_worst_step(pipeline):
+    """PTT on a task batch: each task differentiates F at its own k* = argmax_t F(y_t). With
+    IAD alone that is autograd through the task's first k* steps; with CG it is the implicit
+    l/H(y_k*) dF/dc at y_k* (a quartic term makes H depend on y). The batch's hypergradient
+    is the mean over tasks."""
+    built = build(scalar_tasks_program(pipeline)
+                  .replace("objective = mean((tasks.query_y - c) ** 2)", "objective = -mean((tasks.query_y - c) ** 2)")
+                  .replace("(c - c0) ** 2", "(c - c0) ** 2 + 0.1 * c ** 4"))
+    (batch,) = built._data(built.program.data_used, built.steps_done).values()
+    got = built.hypergradient()["c0"]
+
+    worst, total = [], 0.0
+    for i in range(4):
+        sy, qy = batch["support_y"][i].flatten(), batch["query_y"][i].flatten()
+        c0 = torch.tensor(0.5, dtype=D, requires_grad=True)
+
+        def f(c0, c, t):
+            return ((sy - c) ** 2).mean() + 0.5 * SCALAR_LAM * (c - c0) ** 2 + 0.1 * c ** 4
+
+        def F(c):
+            return -((qy - c) ** 2).mean()
+
+        values = [F(unroll(f, c0, c0.clone(), sgd(SCALAR_LR), t)).item() for t in range(1, SCALAR_STEPS + 1)]
+        k = 1 + max(range(SCALAR_STEPS), key=values.__getitem__)
+        worst.append(k)
+        y_k = unroll(f, c0, c0.clone(), sgd(SCALAR_LR), k)
+        if pipeline == "PTT -> IAD":
+            (g,) = torch.autograd.grad(F(y_k), c0)
+        else:
+            g = SCALAR_LAM / (2 + SCALAR_LAM + 1.2 * y_k.detach() ** 2) * 2 * (qy - y_k.detach()).mean()     # dF/dc = 2 mean(qy - c)
+        total = total + g / 4
+    assert len(set(worst)) > 1, worst                  # the tasks really stop at different steps
+    assert_close(got, total, rtol=1e-10)

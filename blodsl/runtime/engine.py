@@ -11,7 +11,7 @@ import torch
 from torch.func import vmap
 
 from . import trees
-from .data import TaskSource
+from .data import DataError, TaskSource
 from .hypergrad import Plan, hypergradient
 from .kernels import make_kernels
 from .program import BuildError, Level, Program
@@ -45,7 +45,12 @@ class Pipeline:
         torch.manual_seed(self.seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 
-        self.sources = program.load_data()
+        try:
+            self.sources = program.load_data()
+        except (BuildError, DataError):
+            raise
+        except Exception as e:  # a file the loader could not parse
+            raise DataError(f"cannot load the data: {type(e).__name__}: {e}") from e
         program.sizes = {f"{name}.{k}": v for name, src in self.sources.items() for k, v in src.sizes.items()}
         self.tables = {name: src.to(self.device, self.dtype).fields
                        for name, src in self.sources.items() if not isinstance(src, TaskSource)}

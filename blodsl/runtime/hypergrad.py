@@ -184,7 +184,7 @@ def _terminal(plan, k, batch, x, y, d, v):
     if name == "IGA":
         gx_f, gy_f = k.lower_grads(x, y, d)
         c = batch.dot(v, gy_f) / batch.dot(gy_f, gy_f)
-        return batch.total(batch.scale(gx_f, c))
+        return batch.total(batch.scale(gx_f, -c))
     raise NotSupported(name)
 
 
