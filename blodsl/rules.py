@@ -72,6 +72,14 @@ class ProgramRules:
             lower = lower.model_copy(update={"start": ir.Start(mode="reinit", line=lower.start.line)})
 
         implicit = [op for op in ("CG", "NS", "NYSTROM", "FD", "IGA") if op in ops]
+        trajectory_only = {"FOA": "approximates the derivative through the inner trajectory",
+                           "RGT": "truncates the differentiated inner trajectory",
+                           "DI": "learns the start through the inner trajectory"}
+        for op, what in trajectory_only.items():
+            if implicit and op in ops:
+                self.error(f"{op} {what}, but {implicit[0]} differentiates at the lower solution without "
+                           f"going through the trajectory: {op} would change nothing", ops[op].span,
+                           fix=f"remove {op}, or end the pipeline with RAD" + (" (or nothing after IAD)" if op == "FOA" else ""))
         if implicit and not lower_obj & {("upper", n) for n in upper_names}:
             op = implicit[0]
             fix = ("for implicit MAML, anchor the learner to the meta-model, e.g. "

@@ -57,7 +57,8 @@ def test_npz_pt_and_csv_files(tmp_path):
     for table in loaded:
         assert table.sizes == {"n": 40, "features": 3, "classes": 4}
         order = torch.argsort(table.fields["x"][:, 0])
-        torch.testing.assert_close(table.fields["x"][order], x[torch.argsort(x[:, 0])], atol=1e-5, rtol=0)
+        torch.testing.assert_close(table.fields["x"][order], x[torch.argsort(x[:, 0])], atol=1e-5, rtol=0,
+                                   check_dtype=False)
         assert table.fields["y"].dtype == torch.long
 
 

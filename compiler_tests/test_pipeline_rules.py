@@ -51,6 +51,14 @@ ACCEPTED = [
 ]
 
 REJECTED = [
+    ("FOA before an implicit terminal", program(META, hypergradient="hypergradient = FOA -> IAD -> CG",
+                                                 objective="objective = mse(learner(tasks.support_x), "
+                                                           "tasks.support_y) + sqdist(learner, meta)"),
+     "FOA approximates the derivative through the inner trajectory, but CG differentiates at the lower solution"),
+    ("RGT before an implicit terminal", program(hypergradient="hypergradient = RGT(truncate=5) -> NS"),
+     "RGT truncates the differentiated inner trajectory, but NS"),
+    ("DI before an implicit terminal", program(hypergradient="hypergradient = DI -> IGA"),
+     "DI learns the start through the inner trajectory, but IGA"),
     ("implicit terminal with no upper variable in the lower objective",
      program(META, hypergradient="hypergradient = IAD -> CG(k=5)"), "the hypergradient would be zero"),
     ("FD when the lower objective ignores the upper level",

@@ -46,12 +46,17 @@ def _labels(y: torch.Tensor) -> tuple[torch.Tensor, int | None]:
     if not y.is_floating_point() or bool(torch.all(y == y.round())) and y.dim() == 1 and y.min() >= 0:
         y = y.long()
         return y, int(y.max()) + 1
-    return y.float(), None
+    return y, None
+
+
+def _floating(t: torch.Tensor) -> torch.Tensor:
+    # keep float64 data float64: the run's dtype is applied once, when the table is moved
+    return t if t.is_floating_point() else t.to(torch.get_default_dtype())
 
 
 def split_table(x, y, split, seed, label_noise=0.0, standardize=False) -> list[Table]:
     """Cut (x, y) into parts; flip `label_noise` of the first part's labels."""
-    x = x.float()
+    x = _floating(x)
     y, classes = _labels(y)
     n = x.shape[0]
     generator = torch.Generator().manual_seed(seed)
@@ -240,4 +245,4 @@ def bound(name: str, value, fields: list[str]) -> Table:
     if "x" not in value or "y" not in value:
         return Table(value, {})
     y, classes = _labels(value["y"])
-    return _table(value["x"].float(), y, classes, **{k: v for k, v in value.items() if k not in ("x", "y")})
+    return _table(_floating(value["x"]), y, classes, **{k: v for k, v in value.items() if k not in ("x", "y")})
