@@ -32,7 +32,7 @@ def load_module(code: str, program: ir.Program) -> types.ModuleType:
 def checked_program(path_or_source: str | Path) -> ir.Program:
     """A .blo file (a Path, or a string naming an existing file) or the text of a program."""
     text = str(path_or_source)
-    if isinstance(path_or_source, Path) or ("\n" not in text and text.endswith(".blo")):
+    if isinstance(path_or_source, Path) or ("\n" not in text and (text.endswith(".blo") or Path(text).is_file())):
         return check_file(path_or_source).program
     return check_source(Source("<program>", text), Path.cwd()).program
 

@@ -88,7 +88,7 @@ def _counts(flags, truth):
 
 def _ratio(num, den):
     # an empty denominator scores 0 rather than NaN
-    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros((), dtype=torch.float32)).float()
+    return torch.where(den > 0, num / den.clamp(min=1), 0.0).float()
 
 
 def precision(flags, truth):
