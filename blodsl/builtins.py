@@ -190,3 +190,25 @@ INNER_OPTIMIZERS: dict[str, dict[str, object]] = {
     "SGD": {"lr": 0.001, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False},
     "Adam": {"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
 }
+
+
+# What optimiser arguments must be; an argument not named here takes any constant.
+_FLAGS = ("nesterov", "amsgrad", "maximize", "centered", "decoupled_weight_decay", "differentiable")
+_NON_NEGATIVE = ("momentum", "weight_decay", "dampening", "eps", "lr_decay", "rho", "alpha", "lambd",
+                 "initial_accumulator_value", "momentum_decay", "t0")
+
+
+def optimizer_arg_problem(key: str, v) -> str | None:
+    """Why `v` cannot be optimiser argument `key`, or None."""
+    number = isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) != float("inf") and v == v
+    if key == "lr":
+        return None if number and v > 0 else "must be a number > 0"
+    if key in _FLAGS:
+        return None if isinstance(v, bool) else "must be True or False"
+    if key in _NON_NEGATIVE:
+        return None if number and v >= 0 else "must be a number >= 0"
+    if key == "betas":
+        ok = isinstance(v, list) and len(v) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in v)
+        return None if ok else "must be two numbers in [0, 1), e.g. [0.9, 0.999]"
+    return None

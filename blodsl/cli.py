@@ -98,15 +98,16 @@ def _compile(args, checked) -> int:
     else:
         from .codegen import generate
 
-        text = generate(checked.program)
+        text = generate(checked.program, Path(args.output).parent if args.output else None)
     if not args.output:
         print(text, end="")
         return EXIT_OK
     out = Path(args.output)
-    if out.exists() and (out.is_dir() or not _is_generated(out)):
+    if out.exists() and (out.is_dir() or emit != "py" or not _is_generated(out)):
         print(f"blodsl: error: '{out}' exists and was not written by blodsl; not overwriting it", file=sys.stderr)
         return EXIT_USAGE
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     except OSError as e:
         print(f"blodsl: error: cannot write '{out}': {e.strerror or e}", file=sys.stderr)
@@ -120,7 +121,7 @@ def _is_generated(path: Path) -> bool:
         head = path.read_text(errors="replace")[:300]
     except OSError:
         return False
-    return "compiled by blodsl" in head or head.lstrip().startswith(("{", "Program("))
+    return head.startswith('"""') and "compiled by blodsl" in head.splitlines()[0]
 
 
 def _run(args, program: ir.Program) -> int:

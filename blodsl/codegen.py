@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import keyword
+import math
+import os
 from pathlib import Path
 
 from . import __version__, ir
@@ -29,19 +31,35 @@ def lit(v) -> str:
         return f"({inner},)" if isinstance(v, tuple) and len(v) == 1 else f"[{inner}]" if isinstance(v, list) else f"({inner})"
     if isinstance(v, dict):
         return "{" + ", ".join(f"{lit(k)}: {lit(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, float) and not math.isfinite(v):
+        return f'float("{v}")'
     return repr(v)
 
 
-def local(name: str) -> str:
-    """A program name as a legal Python name that shadows nothing the module uses."""
-    return name + "_" if name in _RESERVED else name
+def _python_names(names: set[str]) -> dict[str, str]:
+    """Each program name as a legal Python name that shadows nothing the module uses
+    and collides with no other program name."""
+    out = {}
+    for name in sorted(names):
+        python = name
+        while python in _RESERVED or (python != name and python in names) or python in out.values():
+            python += "_"
+        out[name] = python
+    return out
 
 
 class Emitter:
-    def __init__(self, program: ir.Program):
+    def __init__(self, program: ir.Program, module_dir: str | Path | None = None):
         self.p = program
         self.file = Path(program.path).name
         self.lines: list[str] = []
+        # the .blo file's folder, as seen from where the module will live (default: here)
+        folder = Path(program.path).parent
+        self.data_folder = Path(os.path.relpath(folder, module_dir)).as_posix() if module_dir else folder.as_posix()
+        names = {d.name for d in program.datasets}
+        for level in (program.upper, program.lower):
+            names |= {d.name for d in level.variables + level.models}
+        self.names = _python_names(names)
 
     def at(self, line: int | None) -> str:
         return f"  # {self.file}:{line}" if line else ""
@@ -56,17 +74,17 @@ class Emitter:
             case ir.Const(value=v):
                 return lit(v)
             case ir.DataRef(dataset=ds, field=f):
-                return f'{local(ds)}["{f}"]'
+                return f'{self.local(ds)}["{f}"]'
             case ir.SizeRef(dataset=ds, size=s):
                 return f'self.sizes["{ds}.{s}"]'
             case ir.VarRef(name=n):
-                return local(n)
+                return self.local(n)
             case ir.ModelRef(level=level, name=n):
                 return f'{level}["{n}"]'
             case ir.ParamRef(level=level, model=m, param=name):
                 return f'{level}["{m}"]["{name}"]'
             case ir.Apply(model=m, args=args):
-                return f"{local(m)}({', '.join(self.expr(a) for a in args)})"
+                return f"{self.local(m)}({', '.join(self.expr(a) for a in args)})"
             case ir.Call(fn=name, args=args, kwargs=kw):
                 return f"fn.{name}({self.arguments(args, kw)})"
             case ir.UserCall(ref=ref, args=args, kwargs=kw):
@@ -79,18 +97,29 @@ class Emitter:
                 return self.wrap(f"{op}{self.expr(operand, _PRECEDENCE['unary'])}", _PRECEDENCE["unary"], parent)
             case ir.BinOp(op=op, left=left, right=right) | ir.Compare(op=op, left=left, right=right):
                 mine = _PRECEDENCE["compare" if isinstance(e, ir.Compare) else op]
-                # ** groups to the right, everything else to the left
-                left_p, right_p = (mine + 1, mine) if op == "**" else (mine, mine + 1)
+                # ** groups to the right, everything else to the left; comparisons do not
+                # chain as in Python, so a compared comparison keeps its parentheses
+                if isinstance(e, ir.Compare):
+                    left_p = right_p = mine + 1
+                else:
+                    left_p, right_p = (mine + 1, mine) if op == "**" else (mine, mine + 1)
                 text = f"{self.expr(left, left_p)} {op} {self.expr(right, right_p)}"
                 return self.wrap(text, mine, parent)
         raise ValueError(f"cannot emit {e!r}")
+
+    def local(self, name: str) -> str:
+        return self.names[name]
 
     @staticmethod
     def wrap(text: str, mine: int, parent: int) -> str:
         return f"({text})" if mine < parent else text
 
     def arguments(self, args, kwargs) -> str:
-        return ", ".join([self.expr(a) for a in args] + [f"{k}={self.expr(v)}" for k, v in kwargs.items()])
+        named = [f"{k}={self.expr(v)}" for k, v in kwargs.items() if not keyword.iskeyword(k)]
+        spelled = {k: v for k, v in kwargs.items() if keyword.iskeyword(k)}  # e.g. lambda=0.1
+        if spelled:
+            named.append("**{" + ", ".join(f"{lit(k)}: {self.expr(v)}" for k, v in spelled.items()) + "}")
+        return ", ".join([self.expr(a) for a in args] + named)
 
     def value(self, a) -> str:
         """A constant argument of a declaration (sizes, layers, lists)."""
@@ -107,7 +136,7 @@ class Emitter:
         if spec.kind == "input":
             return f'self.bound("{name}", "an nn.Module")'
         if spec.kind == "user":
-            return f'self.imported("{self.p.imports[spec.name]}")({args})'
+            return f"self.imported({lit(spec.name)})({args})"
         return f"rt.layers.{spec.name}({args})"
 
     # --- the module -------------------------------------------------------------------------
@@ -116,7 +145,7 @@ class Emitter:
         p = self.p
         self.emit(f'"""{self.file}, compiled by blodsl {__version__}: `{p.pipeline.text}`.')
         self.emit()
-        self.emit(f"Regenerate with `blodsl compile {p.path} -o FILE`; edits here are lost.")
+        self.emit(f"Regenerate with `blodsl compile {json.dumps(p.path)[1:-1]} -o FILE`; edits here are lost.")
         self.emit('"""')
         self.emit()
         self.emit("import torch")
@@ -124,7 +153,7 @@ class Emitter:
         self.emit("from blodsl import runtime as rt")
         self.emit("from blodsl.runtime import functions as fn")
         self.emit()
-        self.emit(f"PROGRAM = {lit(p.path)}")
+        self.emit(f"DATA_FOLDER = {lit(self.data_folder)}  # data files are named relative to it")
         self.emit()
         self.emit()
         self.emit("class Program(rt.Program):")
@@ -140,7 +169,7 @@ class Emitter:
         self.emit()
         self.emit("def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):")
         self.emit(f'"""The pipeline of {self.file}: `.run()`, `.step()`, `.hypergradient()`."""', 1)
-        self.emit("folder = rt.program_folder(PROGRAM) if folder is None else folder", 1)
+        self.emit("folder = rt.program_folder(DATA_FOLDER, __file__) if folder is None else folder", 1)
         self.emit("return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__file__), device=device,", 1)
         self.emit("                   dtype=dtype, compile=compile, seed=seed)", 1)
         return "\n".join(self.lines) + "\n"
@@ -153,6 +182,7 @@ class Emitter:
         self.emit(f"pipeline = [{ops}]{self.at(p.pipeline.line)}", 1)
         used = sorted(_datasets(p.upper.objective.expr) | _datasets(p.lower.objective.expr))
         self.emit(f"data_used = {lit(used)}", 1)
+        self.emit(f"lower_data = {lit(sorted(_datasets(p.lower.objective.expr)))}", 1)
         self.emit("metrics = {", 1)
         for m in run.metrics:
             reads = sorted(_datasets(m.expr))
@@ -172,7 +202,7 @@ class Emitter:
         names = []
         for line, group in calls.items():
             first = group[0]
-            targets = ", ".join(local(d.name) for d in group)
+            targets = ", ".join(self.local(d.name) for d in group)
             names += [d.name for d in group]
             if first.source == "input":
                 call = f'rt.data.bound("{first.name}", self.bound("{first.name}", "a dataset"), {lit(first.fields)})'
@@ -183,11 +213,11 @@ class Emitter:
                     targets = f"[{targets}]"
                 elif first.source != "sinusoid" and len(group) == 1:
                     targets = f"[{targets}]"
-                parts = [f'self.path("{first.path}")'] if first.path else []
+                parts = [f"self.path({lit(first.path)})"] if first.path else []
                 parts += [f"{k}={self.value(v)}" for k, v in args.items()]
                 call = f"rt.data.{first.source}({', '.join(parts)})"
             self.emit(f"{targets} = {call}{self.at(line)}", 2)
-        self.emit(f"return {{{', '.join(f'{lit(n)}: {local(n)}' for n in names)}}}", 2)
+        self.emit(f"return {{{', '.join(f'{lit(n)}: {self.local(n)}' for n in names)}}}", 2)
 
     def level(self, decl: ir.LevelDecl):
         self.emit()
@@ -231,14 +261,14 @@ class Emitter:
         self.emit(f"def {name}(self, upper, lower, data):", 1)
         self.emit(f"# {self.file}:{line}  {text}", 2)
         for n in sorted(_datasets(expr)):
-            self.emit(f'{local(n)} = data["{n}"]', 2)
+            self.emit(f'{self.local(n)} = data["{n}"]', 2)
         for level, n in sorted(r for r in references(expr) if r[0] != "data"):
             decl = self.declared(level, n)
             if isinstance(decl, ir.Model):
                 if _collect(expr, lambda e: isinstance(e, ir.Apply) and e.model == n):
-                    self.emit(f'{local(n)} = self.model("{n}", {level}["{n}"])', 2)
+                    self.emit(f'{self.local(n)} = self.model("{n}", {level}["{n}"])', 2)
             else:
-                self.emit(f'{local(n)} = {level}["{n}"]', 2)
+                self.emit(f'{self.local(n)} = {level}["{n}"]', 2)
         self.emit(f"return {self.expr(expr)}", 2)
 
     def declared(self, level: str, name: str):
@@ -269,5 +299,6 @@ def _datasets(expr) -> set[str]:
     return {e.dataset for e in _collect(expr, lambda e: isinstance(e, ir.DataRef))}
 
 
-def generate(program: ir.Program) -> str:
-    return Emitter(program).module()
+def generate(program: ir.Program, module_dir: str | Path | None = None) -> str:
+    """The module's text; `module_dir` is where it will be written (data paths follow)."""
+    return Emitter(program, module_dir).module()

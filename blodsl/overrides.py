@@ -10,7 +10,8 @@ from __future__ import annotations
 import ast as pyast
 
 from . import ir
-from .operators import BY_NAME
+from .builtins import INNER_OPTIMIZERS, TORCH_OPTIMIZERS, optimizer_arg_problem
+from .operators import BY_NAME, FromProgram
 
 KEYS = ("lower.steps", "upper.optimizer.ARG", "lower.optimizer.ARG", "run.outer_steps", "run.eval_every",
         "run.seed", "OPERATOR.PARAM (e.g. CG.k)")
@@ -49,16 +50,23 @@ def apply(program: ir.Program, assignments: list[str]) -> ir.Program:
 def _apply_one(p: ir.Program, key: str, v) -> ir.Program:
     parts = key.split(".")
     if key == "lower.steps":
-        return p.model_copy(update={"lower": p.lower.model_copy(update={"steps": _positive_int(key, v)})})
+        changed = p.model_copy(update={"lower": p.lower.model_copy(update={"steps": _positive_int(key, v)})})
+        return _follow_defaults(changed, "steps", p.lower.steps, v)
     if parts[0] in ("upper", "lower") and len(parts) == 3 and parts[1] == "optimizer":
         level = getattr(p, parts[0])
-        if parts[2] not in level.optimizer.args and parts[0] == "lower":
-            raise OverrideError(f"{key}: the inner {level.optimizer.name} has no argument '{parts[2]}'; it has "
-                                + ", ".join(level.optimizer.args))
-        if isinstance(v, bool) or not isinstance(v, (int, float, list)):
-            raise OverrideError(f"{key} must be a number, not {v!r}")
+        name = level.optimizer.name
+        allowed = INNER_OPTIMIZERS[name] if parts[0] == "lower" else TORCH_OPTIMIZERS[name]
+        if parts[2] not in allowed:
+            raise OverrideError(f"{key}: {'the inner ' if parts[0] == 'lower' else ''}{name} has no argument "
+                                f"'{parts[2]}'; it has " + ", ".join(allowed))
+        problem = optimizer_arg_problem(parts[2], v)
+        if problem:
+            raise OverrideError(f"{key} {problem}, not {v!r}")
         opt = level.optimizer.model_copy(update={"args": {**level.optimizer.args, parts[2]: v}})
-        return p.model_copy(update={parts[0]: level.model_copy(update={"optimizer": opt})})
+        changed = p.model_copy(update={parts[0]: level.model_copy(update={"optimizer": opt})})
+        if parts[0] == "lower" and parts[2] == "lr":
+            changed = _follow_defaults(changed, "inner_lr", level.optimizer.args["lr"], v)
+        return changed
     if parts[0] == "run" and len(parts) == 2 and parts[1] in ("outer_steps", "eval_every", "seed"):
         v = _positive_int(key, v, low=0 if parts[1] == "seed" else 1)
         return p.model_copy(update={"run": p.run.model_copy(update={parts[1]: v})})
@@ -78,3 +86,16 @@ def _apply_one(p: ir.Program, key: str, v) -> ir.Program:
         ops[i] = ops[i].model_copy(update={"params": {**ops[i].params, parts[1]: v}})
         return p.model_copy(update={"pipeline": p.pipeline.model_copy(update={"operators": ops})})
     raise OverrideError(f"unknown setting '{key}'; --set accepts " + ", ".join(KEYS))
+
+
+def _follow_defaults(p: ir.Program, what: str, old, new) -> ir.Program:
+    """Operator parameters that default to the inner lr or steps follow a change to it,
+    unless the program set them (a value other than the old default)."""
+    ops = []
+    for op in p.pipeline.operators:
+        params = dict(op.params)
+        for q in BY_NAME[op.name].params:
+            if isinstance(q.default, FromProgram) and q.default.what == what and params.get(q.name) == old:
+                params[q.name] = new
+        ops.append(op.model_copy(update={"params": params}))
+    return p.model_copy(update={"pipeline": p.pipeline.model_copy(update={"operators": ops})})

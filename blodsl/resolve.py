@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import ast, ir
 from .builtins import (DATA_SOURCES, INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, SEQUENTIAL,
-                       TORCH_OPTIMIZERS, DataSource, Signature)
+                       TORCH_OPTIMIZERS, DataSource, Signature, optimizer_arg_problem)
 from .diagnostics import BloError, Diagnostic, Source, Span, suggest
 from .expressions import ExpressionResolver, builtin_kind
 from .operators import BY_NAME, FIRST_ORDER, FromProgram, REQUIRED
@@ -575,8 +575,9 @@ class Resolver(ExpressionResolver, ProgramRules):
             v = self.const(kw.value, f"{name}'s {key}")
             if v is REQUIRED:
                 return None
-            if key == "lr" and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-                self.error(f"the learning rate must be a number > 0, not {v!r}", kw.value.span)
+            problem = optimizer_arg_problem(key, v)
+            if problem:
+                self.error(f"{name}'s {key} {problem}, not {v!r}", kw.value.span)
                 return None
             args[key] = float(v) if key == "lr" else v
         return ir.Optimizer(name=name, args=args, line=setting.span.line)

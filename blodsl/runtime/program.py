@@ -88,6 +88,7 @@ class Program:
     pipeline: list[Op] = []
     metrics: dict[str, dict[str, str]] = {}   # name -> datasets swapped for it
     data_used: list[str] = []                 # datasets the objectives read
+    lower_data: list[str] = []                # datasets the lower objective reads
     dtype: str = "float32"
     device: str = "auto"
     seed: int = 0
@@ -146,9 +147,11 @@ class Program:
         raise NotImplementedError
 
 
-def program_folder(program_path: str) -> Path:
-    """Where a program's data files are looked for: beside the .blo file."""
-    return Path(program_path).parent
+def program_folder(folder: str, module_file: str) -> Path:
+    """Where a program's data files are looked for: the .blo file's folder, written
+    relative to the generated module's file (or, failing that, to the working directory)."""
+    beside = Path(module_file).parent / folder
+    return beside if Path(module_file).is_file() and beside.is_dir() else Path(folder)
 
 
 def source_of(filename: str) -> str:

@@ -8,13 +8,14 @@ import torch
 from blodsl import runtime as rt
 from blodsl.runtime import functions as fn
 
-PROGRAM = "programs/architecture_search.blo"
+DATA_FOLDER = "programs"  # data files are named relative to it
 
 
 class Program(rt.Program):
     source = "architecture_search.blo"
     pipeline = [rt.Op("NGD"), rt.Op("FD", r=0.01)]  # architecture_search.blo:31
     data_used = ["train", "val"]
+    lower_data = ["train"]
     metrics = {
         "mixing_weights": rt.MetricSpec(rebind={}, datasets=()),  # architecture_search.blo:37
         "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",)),  # architecture_search.blo:38
@@ -83,6 +84,6 @@ class Program(rt.Program):
 
 def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):
     """The pipeline of architecture_search.blo: `.run()`, `.step()`, `.hypergradient()`."""
-    folder = rt.program_folder(PROGRAM) if folder is None else folder
+    folder = rt.program_folder(DATA_FOLDER, __file__) if folder is None else folder
     return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__file__), device=device,
                        dtype=dtype, compile=compile, seed=seed)

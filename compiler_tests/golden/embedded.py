@@ -8,13 +8,14 @@ import torch
 from blodsl import runtime as rt
 from blodsl.runtime import functions as fn
 
-PROGRAM = "programs/embedded.blo"
+DATA_FOLDER = "programs"  # data files are named relative to it
 
 
 class Program(rt.Program):
     source = "embedded.blo"
     pipeline = [rt.Op("NGD"), rt.Op("RGT", truncate=20), rt.Op("RAD")]  # embedded.blo:31
     data_used = ["train", "val"]
+    lower_data = ["train"]
     metrics = {
         "val_accuracy": rt.MetricSpec(rebind={}, datasets=("val",)),  # embedded.blo:35
     }
@@ -68,6 +69,6 @@ class Program(rt.Program):
 
 def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):
     """The pipeline of embedded.blo: `.run()`, `.step()`, `.hypergradient()`."""
-    folder = rt.program_folder(PROGRAM) if folder is None else folder
+    folder = rt.program_folder(DATA_FOLDER, __file__) if folder is None else folder
     return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__file__), device=device,
                        dtype=dtype, compile=compile, seed=seed)

@@ -8,13 +8,14 @@ import torch
 from blodsl import runtime as rt
 from blodsl.runtime import functions as fn
 
-PROGRAM = "programs/hyper_cleaning.blo"
+DATA_FOLDER = "programs"  # data files are named relative to it
 
 
 class Program(rt.Program):
     source = "hyper_cleaning.blo"
     pipeline = [rt.Op("NGD"), rt.Op("RAD")]  # hyper_cleaning.blo:33
     data_used = ["train", "val"]
+    lower_data = ["train"]
     metrics = {
         "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",)),  # hyper_cleaning.blo:40
         "flagged_f1": rt.MetricSpec(rebind={}, datasets=("train",)),  # hyper_cleaning.blo:41
@@ -74,6 +75,6 @@ class Program(rt.Program):
 
 def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):
     """The pipeline of hyper_cleaning.blo: `.run()`, `.step()`, `.hypergradient()`."""
-    folder = rt.program_folder(PROGRAM) if folder is None else folder
+    folder = rt.program_folder(DATA_FOLDER, __file__) if folder is None else folder
     return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__file__), device=device,
                        dtype=dtype, compile=compile, seed=seed)

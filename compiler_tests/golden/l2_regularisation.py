@@ -8,13 +8,14 @@ import torch
 from blodsl import runtime as rt
 from blodsl.runtime import functions as fn
 
-PROGRAM = "programs/l2_regularisation.blo"
+DATA_FOLDER = "programs"  # data files are named relative to it
 
 
 class Program(rt.Program):
     source = "l2_regularisation.blo"
     pipeline = [rt.Op("NGD"), rt.Op("CG", k=20, tol=1e-08)]  # l2_regularisation.blo:31
     data_used = ["train", "val"]
+    lower_data = ["train"]
     metrics = {
         "val_loss": rt.MetricSpec(rebind={}, datasets=("val",)),  # l2_regularisation.blo:37
         "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",)),  # l2_regularisation.blo:38
@@ -74,6 +75,6 @@ class Program(rt.Program):
 
 def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):
     """The pipeline of l2_regularisation.blo: `.run()`, `.step()`, `.hypergradient()`."""
-    folder = rt.program_folder(PROGRAM) if folder is None else folder
+    folder = rt.program_folder(DATA_FOLDER, __file__) if folder is None else folder
     return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__file__), device=device,
                        dtype=dtype, compile=compile, seed=seed)

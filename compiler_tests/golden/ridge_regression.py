@@ -8,13 +8,14 @@ import torch
 from blodsl import runtime as rt
 from blodsl.runtime import functions as fn
 
-PROGRAM = "programs/ridge_regression.blo"
+DATA_FOLDER = "programs"  # data files are named relative to it
 
 
 class Program(rt.Program):
     source = "ridge_regression.blo"
     pipeline = [rt.Op("NGD"), rt.Op("NS", k=50, alpha=0.1)]  # ridge_regression.blo:26
     data_used = ["train", "val"]
+    lower_data = ["train"]
     metrics = {
         "val_mse": rt.MetricSpec(rebind={}, datasets=("val",)),  # ridge_regression.blo:31
     }
@@ -67,6 +68,6 @@ class Program(rt.Program):
 
 def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):
     """The pipeline of ridge_regression.blo: `.run()`, `.step()`, `.hypergradient()`."""
-    folder = rt.program_folder(PROGRAM) if folder is None else folder
+    folder = rt.program_folder(DATA_FOLDER, __file__) if folder is None else folder
     return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__file__), device=device,
                        dtype=dtype, compile=compile, seed=seed)

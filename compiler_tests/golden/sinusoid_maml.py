@@ -8,13 +8,14 @@ import torch
 from blodsl import runtime as rt
 from blodsl.runtime import functions as fn
 
-PROGRAM = "programs/sinusoid_maml.blo"
+DATA_FOLDER = "programs"  # data files are named relative to it
 
 
 class Program(rt.Program):
     source = "sinusoid_maml.blo"
     pipeline = [rt.Op("NGD"), rt.Op("IAD")]  # sinusoid_maml.blo:37
     data_used = ["tasks"]
+    lower_data = ["tasks"]
     metrics = {
         "meta_test_mse": rt.MetricSpec(rebind={"tasks": "test_tasks"}, datasets=("tasks",)),  # sinusoid_maml.blo:43
     }
@@ -67,6 +68,6 @@ class Program(rt.Program):
 
 def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):
     """The pipeline of sinusoid_maml.blo: `.run()`, `.step()`, `.hypergradient()`."""
-    folder = rt.program_folder(PROGRAM) if folder is None else folder
+    folder = rt.program_folder(DATA_FOLDER, __file__) if folder is None else folder
     return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__file__), device=device,
                        dtype=dtype, compile=compile, seed=seed)
