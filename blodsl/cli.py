@@ -43,7 +43,7 @@ def _arguments() -> argparse.ArgumentParser:
     run.add_argument("--outer-steps", type=int, metavar="N", help="outer steps (default: the program's)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                      help="change a setting, e.g. lower.steps=20, CG.k=5, upper.optimizer.lr=0.01 (repeatable)")
-    run.add_argument("--device", help="cpu, cuda or cuda:N (default: the program's, else CUDA when present)")
+    run.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: the program's, else CUDA when present)")
     run.add_argument("--dtype", choices=("float32", "float64"))
     run.add_argument("--seed", type=int)
     run.add_argument("--no-compile", action="store_true", help="run the same code eagerly (no torch.compile)")
@@ -51,6 +51,12 @@ def _arguments() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on stdout")
     run.add_argument("--out", metavar="DIR", help="the run folder (default: a new runs/PROGRAM-NNN)")
     return parser
+
+
+def _device(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown device '{text}': use auto, cpu, cuda or cuda:N")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ An existing folder is never written into: each run gets a new one.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,17 @@ def new_folder(root: Path, stem: str) -> Path:
         except FileExistsError:
             continue
     raise OSError(f"no free run folder name under '{root}'")
+
+
+def json_safe(value):
+    """JSON has no NaN or infinity: a diverged value is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _fmt(v) -> str:
@@ -64,7 +76,7 @@ def run(program: ir.Program, *, outer_steps: int | None, device: str | None, dty
         def on_step(record):
             nonlocal first_step_done
             first_step_done = first_step_done or time.perf_counter()
-            log.write(json.dumps(record) + "\n")
+            log.write(json.dumps(json_safe(record)) + "\n")
             bar.update(1)
             if len(record) > 4:  # metrics were evaluated at this step
                 shown = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if k != "step")
@@ -81,7 +93,7 @@ def run(program: ir.Program, *, outer_steps: int | None, device: str | None, dty
         "first_step_s": round((first_step_done or finished) - started, 3),
         "seconds": round(finished - started, 3), "final": final, "baseline": compared, "folder": str(folder),
     }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (folder / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
 
     say(f"done in {summary['seconds']:.1f} s (first step, including the compile: {summary['first_step_s']:.1f} s)")
     width = max([len(k) for k in final] + [6])
@@ -99,5 +111,5 @@ def run(program: ir.Program, *, outer_steps: int | None, device: str | None, dty
                else "their initial values"))
     say(f"run folder: {folder}")
     if as_json:
-        print(json.dumps({**final, **({"baseline": compared} if compared is not None else {})}))
+        print(json.dumps(json_safe({**final, **({"baseline": compared} if compared is not None else {})})))
     return summary

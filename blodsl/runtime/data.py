@@ -43,7 +43,10 @@ def _table(x: torch.Tensor, y: torch.Tensor, classes: int | None, **extra) -> Ta
 
 def _labels(y: torch.Tensor) -> tuple[torch.Tensor, int | None]:
     """Integer-valued targets are class labels; anything else is regression."""
-    if not y.is_floating_point() or bool(torch.all(y == y.round())) and y.dim() == 1 and y.min() >= 0:
+    if y.dim() == 1 and (not y.is_floating_point() or bool(torch.all(y == y.round()))):
+        if y.min() < 0:   # e.g. -1/+1 labels become 0/1
+            values, y = torch.unique(y, return_inverse=True)
+            return y, len(values)
         y = y.long()
         return y, int(y.max()) + 1
     return y, None
@@ -57,6 +60,8 @@ def _floating(t: torch.Tensor) -> torch.Tensor:
 def split_table(x, y, split, seed, label_noise=0.0, standardize=False) -> list[Table]:
     """Cut (x, y) into parts; flip `label_noise` of the first part's labels."""
     x = _floating(x)
+    if len(x) != len(y):
+        raise DataError(f"the inputs have {len(x)} rows but the targets {len(y)}")
     y, classes = _labels(y)
     n = x.shape[0]
     generator = torch.Generator().manual_seed(seed)
@@ -218,8 +223,9 @@ def _read_idx(path: Path) -> torch.Tensor:
 
 def idx(folder, split=(1.0,), seed=0, label_noise=0.0):
     folder = _open(Path(folder))
-    images = sorted(folder.glob("*images*idx3*"))
-    labels = sorted(folder.glob("*labels*idx1*"))
+    # a standard MNIST folder holds train-* and t10k-* files: the training set is the dataset
+    images = sorted(folder.glob("*images*idx3*"), key=lambda p: "train" not in p.name)
+    labels = sorted(folder.glob("*labels*idx1*"), key=lambda p: "train" not in p.name)
     if not images or not labels:
         raise DataError(f"'{folder}' needs an '*images-idx3-ubyte' and a '*labels-idx1-ubyte' file")
     x = _read_idx(images[0]).float().div(255).flatten(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 from dataclasses import dataclass, field
@@ -30,7 +31,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise BuildError(f"device '{name}' was asked for, but this machine has no CUDA GPU; use --device cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise BuildError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
 
 
 class Pipeline:
@@ -51,7 +55,7 @@ class Pipeline:
             raise
         except Exception as e:  # a file the loader could not parse
             raise DataError(f"cannot load the data: {type(e).__name__}: {e}") from e
-        program.sizes = {f"{name}.{k}": v for name, src in self.sources.items() for k, v in src.sizes.items()}
+        program.sizes = Sizes({f"{name}.{k}": v for name, src in self.sources.items() for k, v in src.sizes.items()})
         self.tables = {name: src.to(self.device, self.dtype).fields
                        for name, src in self.sources.items() if not isinstance(src, TaskSource)}
         upper, lower = program.upper_level(), program.lower_level()
@@ -130,9 +134,17 @@ class Pipeline:
             y0 = {name: x[lower.start_from]}
             return trees.tree_map(lambda t: t.expand(tasks, *t.shape), y0) if tasks else y0
         if lower.start == "reinit":
-            fresh = Level({n: i for n, i in lower.variables.items()},
-                          {n: _reset(self.program.modules[n]) for n in lower.models}, None)
-            return self._materialise(fresh)
+            # drawn from this outer step's own seed: hypergradient() then step() see the same start,
+            # and a run resumed from a state_dict draws what the original run drew
+            seed = self.seed * 1_000_003 + self.steps_done + 1
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                generator = torch.Generator().manual_seed(seed)
+                values = {n: init.draw(self.device, self.dtype, generator) for n, init in lower.variables.items()}
+                for name, module in lower.models.items():
+                    values[name] = {k: p.detach().to(self.device, self.dtype).clone()
+                                    for k, p in _reset(module).named_parameters()}
+            return values
         return self.y
 
     # --- the public interface ------------------------------------------------------------
@@ -148,7 +160,7 @@ class Pipeline:
     def _hypergradient(self):
         d = self._data(self.program.data_used, self.steps_done)
         result = hypergradient(self.plan, self.kernels, self.inner, self.x, self._start_point(self.x, self.tasks),
-                               d, self.tasks)
+                               d, self.tasks, seed=self.seed * 1_000_003 + self.steps_done)
         if self.lower_decl.start == "from" and result.start_grad is not None:
             # IAD: the upper model is the lower level's start, so dF/dy0 is part of its gradient
             (name,) = list(self.y)
@@ -182,41 +194,55 @@ class Pipeline:
     def evaluate(self, upper: dict | None = None, lower: dict | None = None) -> dict[str, object]:
         """The program's metrics at the current state (or at the given variables)."""
         x = self.x if upper is None else upper
-        out = {}
-        for name, spec in self.program.metrics.items():
-            names = {n for n in self.sources}
-            data = self._data(names, 0)
-            for old, new in spec.rebind.items():
-                data[old] = data[new]
-            y = self.y if lower is None else lower
-            readapt = self.lower_decl.start == "from" or set(spec.rebind) & set(self.program.data_used)
-            metric = getattr(self.program, f"metric_{name}")
-            per_task = any(isinstance(self.sources[spec.rebind.get(n, n)], TaskSource) for n in spec.datasets)
-            if readapt:
-                y = self._adapt(x, data)
-            if per_task:
-                dims = {n: {f: 0 if isinstance(self.sources[spec.rebind.get(n, n)], TaskSource) else None
-                            for f in data[n]} for n in data}
-                value = vmap(metric, in_dims=(None, 0, dims))(x, y, data).mean(0)
-            else:
-                value = metric(x, y, data)
-            out[name] = _plain(value)
-        return out
+        y = self.y if lower is None else lower
+        return {name: _plain(self._measure(getattr(self.program, f"metric_{name}"), x, y, spec))
+                for name, spec in self.program.metrics.items()}
 
-    def _adapt(self, x, data):
+    def _measure(self, fn, x, y, spec: MetricSpec):
+        """fn(x, y, data) on the metric's data (rebound datasets swapped in). The lower level
+        is trained again first when it starts from the upper level or its data was swapped."""
+        rebind = spec.rebind
+        readapt = self.lower_decl.start == "from" or bool(set(rebind) & set(self.program.lower_data))
+        needed = set(spec.datasets) | (set(self.program.lower_data) if readapt else set())
+        data = {n: self._fields(rebind.get(n, n), 0) for n in needed}
+        with self._sizes_rebound(rebind):
+            if readapt:
+                y = self._adapt(x, data, y, rebind)
+            tasks = [n for n in needed if isinstance(self.sources[rebind.get(n, n)], TaskSource)]
+            if not (readapt and tasks):
+                return fn(x, y, data)
+            dims = {n: {f: 0 if n in tasks else None for f in data[n]} for n in data}
+            return vmap(fn, in_dims=(None, 0, dims))(x, y, data).mean(0)
+
+    def _adapt(self, x, data, y, rebind):
         """The lower level trained from its start on `data` (eagerly: evaluation sizes vary)."""
-        task_sets = [n for n in self.program.data_used if isinstance(self.sources[n], TaskSource)]
-        tasks = len(next(iter(data[task_sets[0]].values()))) if task_sets else None
-        dims = {n: {f: 0 if n in task_sets else None for f in data[n]} for n in self.program.data_used}
+        lower_data = self.program.lower_data
+        tasks = [n for n in lower_data if isinstance(self.sources[rebind.get(n, n)], TaskSource)]
+        batch = len(next(iter(data[tasks[0]].values()))) if tasks else None
+        dims = {n: {f: 0 if n in tasks else None for f in data[n]} for n in lower_data}
         k = make_kernels(self.program.lower_objective, self.program.upper_objective, self.inner,
-                         gda=False, task_dims=dims if tasks else None, compile=False)
-        y = self._start_point(x, tasks)
-        s = vmap(self.inner.init)(y) if tasks else self.inner.init(y)
+                         gda=False, task_dims=dims if batch else None, compile=False)
+        if self.lower_decl.start != "warm":
+            y = self._start_point(x, batch)
+        s = vmap(self.inner.init)(y) if batch else self.inner.init(y)
         zero = torch.zeros((), device=self.device, dtype=self.dtype)
-        d = {n: data[n] for n in self.program.data_used}
+        d = {n: data[n] for n in lower_data}
         for _ in range(self.lower_decl.steps):
             y, s, _ = k.step(x, y, s, d, zero)
         return y
+
+    @contextlib.contextmanager
+    def _sizes_rebound(self, rebind: dict[str, str]):
+        """`val.n` means the swapped-in dataset's n while a `with val = test` metric runs."""
+        sizes = self.program.sizes
+        saved = dict(sizes)
+        for old, new in rebind.items():
+            sizes.update({f"{old}.{k}": v for k, v in self.sources[new].sizes.items()})
+        try:
+            yield
+        finally:
+            sizes.clear()
+            sizes.update(saved)
 
     def run(self, outer_steps: int | None = None, callback: Callable[[dict], None] | None = None) -> dict:
         """`outer_steps` outer iterations; metrics every eval_every steps and at the end."""
@@ -256,8 +282,10 @@ class Pipeline:
                 s = self.inner.init(y)
                 for _ in range(self.lower_decl.steps):
                     y, s, _ = self.kernels.step(x, y, s, d, zero)
-        metrics = self.evaluate(upper=x, lower=trees.detach(y))
-        metrics["upper_objective"] = _plain(self.program.upper_objective(x, y, self._data(self.program.data_used, 0)))
+        y = trees.detach(y)
+        metrics = self.evaluate(upper=x, lower=y)
+        whole = MetricSpec(datasets=tuple(self.program.data_used))
+        metrics["upper_objective"] = _plain(self._measure(self.program.upper_objective, x, y, whole))
         return metrics
 
     # --- saving and restoring ----------------------------------------------------------------
@@ -275,9 +303,11 @@ class Pipeline:
             missing = set(mine) ^ set(saved)
             if missing:
                 raise BuildError(f"the saved state does not match this program: {', '.join(sorted(missing))}")
-            with torch.no_grad():
-                for name, t in mine.items():
-                    t.copy_(saved[name])
+        with torch.no_grad():
+            for name, t in self.upper.items():   # in place: the outer optimiser holds these tensors
+                t.copy_(state["upper"][name])
+        # the lower level may carry a task dimension after a step: take it as saved
+        self.y = trees.by_name(self.y, {k: v.to(self.device) for k, v in state["lower"].items()})
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
         if self.start is not None and "start" in state:
             with torch.no_grad():
@@ -287,8 +317,18 @@ class Pipeline:
         self.steps_done = state["steps_done"]
 
 
+class Sizes(dict):
+    """Dataset sizes by "dataset.size"; a size the data does not have is a data error."""
+
+    def __missing__(self, key: str):
+        dataset, _, size = key.partition(".")
+        why = " (its targets are not class labels)" if size == "classes" else ""
+        raise DataError(f"dataset '{dataset}' has no size '{size}'{why}")
+
+
 def _reset(module: torch.nn.Module) -> torch.nn.Module:
-    fresh = copy.deepcopy(module)
+    """A CPU copy of the module with freshly drawn weights (from the CPU generator)."""
+    fresh = copy.deepcopy(module).cpu()
     for m in fresh.modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()

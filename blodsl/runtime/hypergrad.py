@@ -102,7 +102,8 @@ class Batch:
         return trees.tree_map(lambda t: t * c.reshape(c.shape + (1,) * (t.dim() - c.dim())), tree)
 
 
-def hypergradient(plan: Plan, k: Kernels, optimizer, x, y0, d, tasks: int | None = None) -> Result:
+def hypergradient(plan: Plan, k: Kernels, optimizer, x, y0, d, tasks: int | None = None, seed: int = 0) -> Result:
+    """seed: the draw of NYSTROM's sketch columns, so the same call gives the same answer."""
     batch = Batch(tasks)
     s = vmap(optimizer.init)(y0) if tasks else optimizer.init(y0)
     ref = trees.leaves(y0)[0]
@@ -157,11 +158,11 @@ def hypergradient(plan: Plan, k: Kernels, optimizer, x, y0, d, tasks: int | None
     elif plan.foa:
         start_grad = ybar                    # dy_T/dy0 taken as the identity
     else:
-        xbar = trees.add(xbar, _terminal(plan, k, batch, x, y_end, d, ybar))
+        xbar = trees.add(xbar, _terminal(plan, k, batch, x, y_end, d, ybar, seed))
     return Result(xbar, start_grad, y_T, upper_loss, lower_loss.mean())
 
 
-def _terminal(plan, k, batch, x, y, d, v):
+def _terminal(plan, k, batch, x, y, d, v, seed=0):
     """The correction to dF/dx made by an approximate terminal at y, given v = dF/dy."""
     name, p = plan.terminal, plan.params
     if name in ("CG", "NS", "NYSTROM"):
@@ -172,7 +173,7 @@ def _terminal(plan, k, batch, x, y, d, v):
         else:
             if batch.tasks:
                 raise NotSupported("NYSTROM does not run on task batches yet; use CG or NS after IAD")
-            q = nystrom(lambda u: k.hvp(x, y, d, u), v, p["rank"], p["rho"])
+            q = nystrom(lambda u: k.hvp(x, y, d, u), v, p["rank"], p["rho"], torch.Generator().manual_seed(seed))
         # q ~ H^-1 v: the implicit function theorem gives -J^T q
         return trees.scale(batch.total(k.cross_vjp(x, y, d, q)), -1.0)
     if name == "FD":

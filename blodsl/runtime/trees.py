@@ -77,3 +77,9 @@ def flat_names(tree, prefix: str = "") -> dict[str, torch.Tensor]:
         else:
             out[name] = value
     return out
+
+
+def by_name(like: dict, flat: dict[str, torch.Tensor], prefix: str = "") -> dict:
+    """`like`'s structure with each leaf taken from flat[its flat name] (shapes may differ)."""
+    return {key: by_name(value, flat, f"{prefix}{key}.") if isinstance(value, dict) else flat[f"{prefix}{key}"]
+            for key, value in like.items()}
