@@ -93,10 +93,17 @@ def split_table(x, y, split, seed, label_noise=0.0, standardize=False) -> list[T
     return tables
 
 
+def _whole_batches(batch) -> None:
+    if batch is not None:
+        raise DataError(f"batch={batch}: minibatches are not run by the engine yet; every outer step "
+                        "uses the whole dataset (remove batch=...)")
+
+
 # --- built-in sources -----------------------------------------------------------------
 
 
-def digits(split=(0.5, 0.25, 0.25), label_noise=0.0, seed=0, standardize=True):
+def digits(split=(0.5, 0.25, 0.25), label_noise=0.0, seed=0, standardize=True, batch=None):
+    _whole_batches(batch)
     from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 
     d = load_digits()
@@ -104,7 +111,8 @@ def digits(split=(0.5, 0.25, 0.25), label_noise=0.0, seed=0, standardize=True):
 
 
 def classification(n=1000, features=20, informative=None, classes=2, separation=1.0,
-                   split=(0.6, 0.2, 0.2), label_noise=0.0, seed=0, standardize=False):
+                   split=(0.6, 0.2, 0.2), label_noise=0.0, seed=0, standardize=False, batch=None):
+    _whole_batches(batch)
     informative = features if informative is None else min(informative, features)
     g = torch.Generator().manual_seed(seed)
     centres = separation * torch.randn(classes, informative, generator=g)
@@ -114,7 +122,8 @@ def classification(n=1000, features=20, informative=None, classes=2, separation=
     return split_table(x, y, split, seed, label_noise, standardize)
 
 
-def regression(n=1000, features=20, noise=0.1, split=(0.6, 0.2, 0.2), seed=0):
+def regression(n=1000, features=20, noise=0.1, split=(0.6, 0.2, 0.2), seed=0, batch=None):
+    _whole_batches(batch)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, features, generator=g)
     w = torch.randn(features, generator=g)
@@ -166,7 +175,8 @@ def _open(path: Path):
     return path
 
 
-def npz(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0):
+def npz(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0, batch=None):
+    _whole_batches(batch)
     import numpy as np
 
     with np.load(_open(Path(path))) as arrays:
@@ -176,7 +186,8 @@ def npz(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0):
         return split_table(torch.from_numpy(arrays[x]), torch.from_numpy(arrays[y]), split, seed, label_noise)
 
 
-def pt(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0):
+def pt(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0, batch=None):
+    _whole_batches(batch)
     saved = torch.load(_open(Path(path)), weights_only=True)
     if not isinstance(saved, dict) or x not in saved or y not in saved:
         held = ", ".join(saved) if isinstance(saved, dict) else type(saved).__name__
@@ -184,7 +195,8 @@ def pt(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0):
     return split_table(saved[x], saved[y], split, seed, label_noise)
 
 
-def csv(path, target=-1, header=True, split=(1.0,), seed=0, label_noise=0.0):
+def csv(path, target=-1, header=True, split=(1.0,), seed=0, label_noise=0.0, batch=None):
+    _whole_batches(batch)
     import csv as csvlib
 
     with open(_open(Path(path)), newline="") as f:
@@ -221,7 +233,8 @@ def _read_idx(path: Path) -> torch.Tensor:
     return data.reshape(shape)
 
 
-def idx(folder, split=(1.0,), seed=0, label_noise=0.0):
+def idx(folder, split=(1.0,), seed=0, label_noise=0.0, batch=None):
+    _whole_batches(batch)
     folder = _open(Path(folder))
     # a standard MNIST folder holds train-* and t10k-* files: the training set is the dataset
     images = sorted(folder.glob("*images*idx3*"), key=lambda p: "train" not in p.name)
