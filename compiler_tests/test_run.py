@@ -89,7 +89,7 @@ def test_a_failing_objective_is_blamed_on_its_line(tmp_path):
     path = tmp_path / "shape.blo"
     # val.x and train.y differ in length
     path.write_text(BASE.replace("cross_entropy(net(val.x), val.y)", "cross_entropy(net(val.x), train.y)"))
-    status, _, err = run_cli("run", str(path), *SHORT)
+    status, _, err = run_cli("run", str(path), *SHORT, "--out", str(tmp_path / "run"))
     assert status == 1 and "Traceback" not in err
     assert err.startswith(f"{path}:6: error: the upper objective failed while running")
 
