@@ -265,7 +265,7 @@ class Emitter:
         for level, n in sorted(r for r in references(expr) if r[0] != "data"):
             decl = self.declared(level, n)
             if isinstance(decl, ir.Model):
-                if _collect(expr, lambda e: isinstance(e, ir.Apply) and e.model == n):
+                if any(isinstance(e, ir.Apply) and e.model == n for e in ir.nodes(expr)):
                     self.emit(f'{self.local(n)} = self.model("{n}", {level}["{n}"])', 2)
             else:
                 self.emit(f'{self.local(n)} = {level}["{n}"]', 2)
@@ -276,27 +276,9 @@ class Emitter:
         return next(d for d in decl.variables + decl.models if d.name == name)
 
 
-def _collect(expr, wanted) -> list:
-    """The sub-expressions for which wanted(node) holds."""
-    found = []
-
-    def walk(node):
-        if wanted(node):
-            found.append(node)
-        if isinstance(node, ir.Node):
-            for v in node.__dict__.values():
-                walk(v)
-        elif isinstance(node, (list, tuple, dict)):
-            for v in node.values() if isinstance(node, dict) else node:
-                walk(v)
-
-    walk(expr)
-    return found
-
-
 def _datasets(expr) -> set[str]:
     """Datasets whose tensors an expression reads (sizes are constants, not data)."""
-    return {e.dataset for e in _collect(expr, lambda e: isinstance(e, ir.DataRef))}
+    return {e.dataset for e in ir.nodes(expr) if isinstance(e, ir.DataRef)}
 
 
 def generate(program: ir.Program, module_dir: str | Path | None = None) -> str:

@@ -246,5 +246,17 @@ class Program(Node):
     run: Run
 
 
+def nodes(tree):
+    """Every IR node in `tree` (a node, or lists and dicts of them), parents first."""
+    if isinstance(tree, Node):
+        yield tree
+        tree = list(tree.__dict__.values())
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, (list, tuple)):
+        for item in tree:
+            yield from nodes(item)
+
+
 for _model in (Apply, Call, UserCall, BinOp, Unary, Compare, ListOf, Index, LayerSpec, Objective, Metric):
     _model.model_rebuild()

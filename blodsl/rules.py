@@ -116,25 +116,13 @@ class ProgramRules:
 def references(expr) -> set[tuple[str, str]]:
     """(level or 'data', name) of every variable, model and dataset an expression uses."""
     found = set()
-
-    def walk(node):
+    for node in ir.nodes(expr):
         if isinstance(node, (ir.VarRef, ir.ModelRef)):
             found.add((node.level, node.name))
         elif isinstance(node, (ir.ParamRef, ir.Apply)):
             found.add((node.level, node.model))
         elif isinstance(node, (ir.DataRef, ir.SizeRef)):
             found.add(("data", node.dataset))
-        if isinstance(node, ir.Node):
-            for value in node.__dict__.values():
-                walk(value)
-        elif isinstance(node, (list, tuple)):
-            for v in node:
-                walk(v)
-        elif isinstance(node, dict):
-            for v in node.values():
-                walk(v)
-
-    walk(expr)
     return found
 
 

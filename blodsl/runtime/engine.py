@@ -42,12 +42,11 @@ class Pipeline:
 
     def __init__(self, program: Program, source: str = "", device: str | None = None,
                  dtype: str | None = None, compile: bool = True, seed: int | None = None):
-        self.program, self.source, self.compiled = program, source, compile
+        self.program, self.source = program, source
         self.device = resolve_device(device or program.device)
         self.dtype = DTYPES[dtype or program.dtype]
         self.seed = program.seed if seed is None else seed
         torch.manual_seed(self.seed)
-        self.generator = torch.Generator().manual_seed(self.seed)
 
         try:
             self.sources = program.load_data()
@@ -62,8 +61,9 @@ class Pipeline:
         program.modules = {name: m.to(device=self.device, dtype=self.dtype)
                            for name, m in {**upper.models, **lower.models}.items()}
         self.upper_decl, self.lower_decl = upper, lower
-        self.x = self._materialise(upper)
-        self.y = self._materialise(lower)
+        generator = torch.Generator().manual_seed(self.seed)
+        self.x = self._materialise(upper, generator)
+        self.y = self._materialise(lower, generator)
         self.initial_upper, self.initial_lower = trees.clone(self.x), trees.clone(self.y)
 
         self.inner = lower.optimizer
@@ -97,11 +97,16 @@ class Pipeline:
 
     # --- building -----------------------------------------------------------------------
 
-    def _materialise(self, level: Level) -> dict:
-        values = {name: init.draw(self.device, self.dtype, self.generator) for name, init in level.variables.items()}
+    def _materialise(self, level: Level, generator: torch.Generator) -> dict:
+        """The level's variables and model weights as tensors on the run's device and dtype."""
+        values = {name: init.draw(self.device, self.dtype, generator) for name, init in level.variables.items()}
         for name, module in level.models.items():
-            values[name] = {k: p.detach().clone() for k, p in module.named_parameters()}
+            values[name] = {k: p.detach().to(self.device, self.dtype).clone() for k, p in module.named_parameters()}
         return values
+
+    def _step_seed(self) -> int:
+        """A seed of this run's current outer step, for what the step draws at random."""
+        return self.seed * 1_000_003 + self.steps_done
 
     def _optimizer(self, spec, params):
         name, args = spec
@@ -136,15 +141,10 @@ class Pipeline:
         if lower.start == "reinit":
             # drawn from this outer step's own seed: hypergradient() then step() see the same start,
             # and a run resumed from a state_dict draws what the original run drew
-            seed = self.seed * 1_000_003 + self.steps_done + 1
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                generator = torch.Generator().manual_seed(seed)
-                values = {n: init.draw(self.device, self.dtype, generator) for n, init in lower.variables.items()}
-                for name, module in lower.models.items():
-                    values[name] = {k: p.detach().to(self.device, self.dtype).clone()
-                                    for k, p in _reset(module).named_parameters()}
-            return values
+                torch.manual_seed(self._step_seed())
+                fresh = Level(lower.variables, {n: _reset(m) for n, m in lower.models.items()}, None)
+                return self._materialise(fresh, torch.Generator().manual_seed(self._step_seed()))
         return self.y
 
     # --- the public interface ------------------------------------------------------------
@@ -160,14 +160,14 @@ class Pipeline:
     def _hypergradient(self):
         d = self._data(self.program.data_used, self.steps_done)
         result = hypergradient(self.plan, self.kernels, self.inner, self.x, self._start_point(self.x, self.tasks),
-                               d, self.tasks, seed=self.seed * 1_000_003 + self.steps_done)
+                               d, self.tasks, seed=self._step_seed())
         if self.lower_decl.start == "from" and result.start_grad is not None:
             # IAD: the upper model is the lower level's start, so dF/dy0 is part of its gradient
             (name,) = list(self.y)
             source = self.lower_decl.start_from
             through = result.start_grad[name]
             if self.tasks:
-                through = trees.tree_map(lambda t: t.sum(0), through)
+                through = trees.tree_map(lambda t: t.sum(0), through)   # the tasks' shares of the mean
             result.upper_grad[source] = trees.add(result.upper_grad[source], through)
         return result
 

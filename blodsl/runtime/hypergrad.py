@@ -132,7 +132,7 @@ def hypergradient(plan: Plan, k: Kernels, optimizer, x, y0, d, tasks: int | None
 
     w = batch.mean_weight()
     xbar = trees.zeros_like(x)
-    ybar = trees.tree_map(lambda t: torch.zeros_like(t), y_T)
+    ybar = trees.zeros_like(y_T)
     upper_loss = torch.zeros_like(alpha)
     y_end = trees.zeros_like(y_T)
     sbar = trees.zeros_like(s)
