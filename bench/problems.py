@@ -1,0 +1,154 @@
+"""The benchmark problems: data, sizes and hyperparameters, shared by every implementation.
+
+Each implementation (blodsl, the hand-written reference, each peer library) builds
+the same maths from these definitions, so their hypergradients can be compared.
+
+1. hyper_cleaning: one weight logit per training sample (upper, zeros(5000)); a
+   linear classifier 784 -> 10 (lower, weight and bias start at zero, carried
+   across outer steps).
+       f = mean_i sigmoid(w_i) * CE(net(train.x_i), train.y_i) + L2 * (|W|^2 + |b|^2)
+       F = mean CE(net(val.x), val.y)
+   Inner SGD(lr=INNER_LR), T = 5 steps; outer Adam(lr=OUTER_LR).
+2. l2_logreg: a per-feature L2 penalty (upper, log_decay = full(p, -3.0)); a
+   linear classifier p -> 2 (lower, zeros, carried).
+       f = mean CE(net(train.x), train.y) + 0.5 * sum(exp(log_decay) * W^2)   (W: [2, p])
+       F = mean CE(net(val.x), val.y)
+3. maml: an MLP 1-40-40-1 with ReLU (upper: the meta-model; lower: the learner,
+   starting from the meta-model each outer step), 25 sinusoid tasks of 10 support
+   and 10 query points, 5 inner SGD steps.
+       f = mse(learner(support_x), support_y)   per task
+       F = mean over tasks of mse(learner_T(query_x), query_y)
+4. rad_memory: problem 1 with RAD and T inner steps, for time and memory.
+
+Methods follow OPERATORS.md: RAD, CG(k, tol), NS(k, alpha = inner lr), FD(r),
+IGA, DI -> RAD, PTT -> RAD, IAD, FOA -> IAD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+HYPER_CLEANING = dict(train=5000, val=5000, features=784, classes=10, noise=0.5, inner_lr=0.1,
+                      outer_lr=0.01, l2=1e-3, steps=5)
+L2_LOGREG = dict(train=500, val=500, informative=10, inner_lr=0.5, outer_lr=0.05, init=-3.0)
+MAML = dict(tasks=25, shots=10, queries=10, hidden=40, inner_lr=0.01, outer_lr=1e-3, steps=5)
+METHODS = dict(CG=dict(k=10, tol=1e-10), NS=dict(k=10), FD=dict(r=0.01), DI=dict(lr=0.01))
+
+
+@dataclass(frozen=True)
+class Case:
+    problem: str            # hyper_cleaning, l2_logreg, maml, rad_memory
+    method: str             # RAD, CG, NS, FD, IGA, DI->RAD, PTT->RAD, IAD, FOA->IAD
+    steps: int              # inner steps T
+    features: int = 0       # l2_logreg only
+
+    @property
+    def name(self) -> str:
+        size = f"p={self.features}," if self.features else ""
+        return f"{self.problem}[{size}T={self.steps}] {self.method}"
+
+    @property
+    def inner_lr(self) -> float:
+        return {"maml": MAML, "l2_logreg": L2_LOGREG}.get(self.problem, HYPER_CLEANING)["inner_lr"]
+
+    @property
+    def outer_lr(self) -> float:
+        return {"maml": MAML, "l2_logreg": L2_LOGREG}.get(self.problem, HYPER_CLEANING)["outer_lr"]
+
+
+class Unsupported(Exception):
+    """An implementation cannot run this case; the message says why (shown in the table)."""
+
+
+class Runner(Protocol):
+    def hypergradient(self) -> list[torch.Tensor]:
+        """dF/dx of the first outer step, upper variables in the order of `upper_names`.
+        Called once, on a fresh runner, before any step()."""
+
+    def step(self) -> None:
+        """One outer step: the hypergradient, the upper optimiser's update, the lower state carried."""
+
+
+def upper_names(case: Case) -> list[str]:
+    if case.problem == "maml":
+        return [f"{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+    return ["log_decay"] if case.problem == "l2_logreg" else ["w"]
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def hyper_cleaning_data(device="cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+    """MNIST-sized synthetic digits: 10 Gaussian classes in 784 dimensions; half of the
+    training labels replaced by uniformly drawn ones."""
+    c = HYPER_CLEANING
+    g = torch.Generator().manual_seed(seed)
+    means = 0.15 * torch.randn(c["classes"], c["features"], generator=g)
+
+    def draw(n):
+        y = torch.randint(c["classes"], (n,), generator=g)
+        return means[y] + torch.randn(n, c["features"], generator=g), y
+
+    train_x, train_y = draw(c["train"])
+    val_x, val_y = draw(c["val"])
+    noisy = torch.rand(c["train"], generator=g) < c["noise"]
+    train_y = torch.where(noisy, torch.randint(c["classes"], (c["train"],), generator=g), train_y)
+    return {k: v.to(device) for k, v in dict(train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y).items()}
+
+
+def l2_logreg_data(features: int, device="cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Two classes separated along the first `informative` features; the rest is noise."""
+    c = L2_LOGREG
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.zeros(features)
+    direction[: c["informative"]] = torch.randn(c["informative"], generator=g)
+
+    def draw(n):
+        x = torch.randn(n, features, generator=g)
+        y = ((x @ direction + 0.5 * torch.randn(n, generator=g)) > 0).long()
+        return x, y
+
+    train_x, train_y = draw(c["train"])
+    val_x, val_y = draw(c["val"])
+    return {k: v.to(device) for k, v in dict(train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y).items()}
+
+
+def maml_batch(step: int = 0, device="cpu") -> dict[str, torch.Tensor]:
+    """Outer step `step`'s 25 tasks: support_x/support_y [25, 10, 1], query_x/query_y [25, 10, 1].
+    The same draw as blodsl's `sinusoid(tasks=25, shots=10, queries=10, seed=0)`."""
+    from blodsl.runtime.data import TaskSource
+
+    c = MAML
+    table = TaskSource(tasks=c["tasks"], shots=c["shots"], queries=c["queries"], seed=0).batch(step)
+    return {k: v.to(device) for k, v in table.fields.items()}
+
+
+def maml_init(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The meta-model's initial weights, as an nn.Sequential(Linear, ReLU, Linear, ReLU, Linear)
+    state dict: keys 0.weight, 0.bias, 2.weight, 2.bias, 4.weight, 4.bias."""
+    torch.manual_seed(seed)
+    h = MAML["hidden"]
+    net = torch.nn.Sequential(torch.nn.Linear(1, h), torch.nn.ReLU(), torch.nn.Linear(h, h), torch.nn.ReLU(),
+                              torch.nn.Linear(h, 1))
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+# --- the suites ------------------------------------------------------------------------------
+
+HC_METHODS = ("RAD", "CG", "NS", "FD", "IGA", "DI->RAD", "PTT->RAD")
+
+
+def suite(name: str) -> list[Case]:
+    """`quick`: a few minutes on a laptop CPU; `full`: every size the harness knows."""
+    hc = [Case("hyper_cleaning", m, HYPER_CLEANING["steps"]) for m in HC_METHODS]
+    maml = [Case("maml", m, MAML["steps"]) for m in ("IAD", "FOA->IAD")]
+    if name == "quick":
+        l2 = [Case("l2_logreg", m, 20, 50) for m in ("RAD", "CG")]
+        memory = [Case("rad_memory", "RAD", t) for t in (10, 100)]
+        return [hc[0], hc[1], *l2, *maml, *memory]
+    l2 = [Case("l2_logreg", m, t, p) for p in (50, 200) for t in (20, 100) for m in ("RAD", "CG")]
+    memory = [Case("rad_memory", "RAD", t) for t in (10, 100, 1000)]
+    return [*hc, *l2, *maml, *memory]
