@@ -32,6 +32,7 @@ class Param:
     high: float | None = None
     high_open: bool = False
     choices: tuple[str, ...] = ()
+    quiet: bool = False            # left out of the pipeline's text while it has its default
 
     def describe(self) -> str:
         """'an integer > 0', 'a number in [0, 1)', 'one of s1, s2, s3'."""
@@ -99,6 +100,10 @@ class Operator:
 
 _TERMINAL_RANK = 7
 
+# The reverse sweep's memory/time trade-off: keep the inner state every `checkpoint` steps and
+# recompute the steps in between (one more forward pass); 0 keeps a state every compiled chunk.
+CHECKPOINT = Param("checkpoint", int, 0, low=0, quiet=True)
+
 CATALOGUE: tuple[Operator, ...] = (
     Operator("GDA", DYNAMICS_MODIFIER, 0, "inner steps descend a*F + (1-a)*f",
              (Param("alpha", float, 0.5, low=0, high=1, high_open=True),
@@ -121,8 +126,9 @@ CATALOGUE: tuple[Operator, ...] = (
     Operator("RGT", TRAJECTORY_MODIFIER, 5, "back-propagates through the last steps only",
              (positive("truncate", type=int),), needs_successor=True),
     Operator("IAD", INITIALISATION, 6, "the upper variable is the lower level's initial value (MAML)",
+             (CHECKPOINT,), terminal=True),
+    Operator("RAD", TERMINAL, _TERMINAL_RANK, "exact reverse mode through all inner steps", (CHECKPOINT,),
              terminal=True),
-    Operator("RAD", TERMINAL, _TERMINAL_RANK, "exact reverse mode through all inner steps", terminal=True),
     Operator("FD", TERMINAL, _TERMINAL_RANK, "DARTS finite difference", (positive("r", 0.01),), terminal=True,
              excludes={"RGT": "FD differentiates at the final lower solution only; there is no back-propagated "
                               "trajectory for RGT to truncate"}),

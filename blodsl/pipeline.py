@@ -57,6 +57,9 @@ def canonical_text(ops: list[WrittenOp]) -> str:
 
 
 def _op_text(name: str, args: dict) -> str:
+    op = BY_NAME.get(name)
+    quiet = {p.name for p in op.params if p.quiet and args.get(p.name) == p.default} if op else set()
+    args = {k: v for k, v in args.items() if k not in quiet}
     if not args:
         return name
     return f"{name}(" + ", ".join(f"{k}={_value_text(v)}" for k, v in args.items()) + ")"

@@ -16,7 +16,7 @@ def ops(text):
 
 def test_implied_ngd_is_explicit_in_the_ir():
     assert ops(program(hypergradient="hypergradient = PTT -> RAD")) == [
-        ("NGD", {}, True), ("PTT", {}, False), ("RAD", {}, False)]
+        ("NGD", {}, True), ("PTT", {}, False), ("RAD", {"checkpoint": 0}, False)]
     assert ops(program(hypergradient="hypergradient = GDA -> CG")) == [
         ("GDA", {"alpha": 0.5, "alpha_decay": 0.9}, False), ("NGD", {}, True),
         ("CG", {"k": 10, "tol": 1e-10}, False)]

@@ -316,7 +316,8 @@ def test_cg_iterates_are_textbook():
 
 def test_cg_stops_at_tolerance():
     """CG stops once the residual norm falls below tol: the iterate it returns is textbook
-    iterate m (the first whose residual is below tol), after exactly m Hessian products."""
+    iterate m (the first whose residual is below tol). It runs inside compiled kernels, so the
+    later iterations are masked rather than skipped."""
     H, v = spd([0.3, 1.0, 2.5, 7.0, 20.0, 60.0], seed=7), randn(6, seed=8)
     iterates, residuals = textbook_cg(H, v, 6)
     m = 3
@@ -324,7 +325,7 @@ def test_cg_stops_at_tolerance():
     assert all(residuals[j] >= tol for j in range(m))    # m is the first iterate below tol
     calls = []
     got = conjugate_gradient(matrix_hvp(H, calls), split_tree(v), 20, tol)
-    assert len(calls) == m
+    assert len(calls) == 20
     assert_close(join_tree(got), iterates[m - 1], rtol=1e-12)
 
 
@@ -349,7 +350,7 @@ def test_cg_stops_per_task_on_a_batch():
         return {"y": torch.einsum("bij,bj->bi", Hs, u["y"])}
 
     got = conjugate_gradient(hvp, {"y": torch.stack([v0, v1, v2])}, 20, tol, Batch(3))["y"]
-    assert len(calls) == 3
+    assert len(calls) == 20      # masked, not skipped
     assert_close(got[0], iterates0[2], rtol=1e-12)
     assert_close(got[1], iterates1[1], rtol=1e-12)
     assert not torch.allclose(iterates1[1], iterates1[2], rtol=1e-3)   # stopping late would show
@@ -456,6 +457,29 @@ def test_rgt_matches_truncated_autograd_on_a_nonlinear_problem(optimizer, refere
     assert not torch.allclose(got, full, rtol=1e-3)      # truncation changes the answer
 
 
+LONG = 23   # compiled chunks of 10, 10 and 3 steps
+
+
+@pytest.mark.parametrize("pipeline, detach_at", [
+    ("RAD", None), ("RAD(checkpoint=7)", None), ("RAD(checkpoint=15)", None), ("RAD(checkpoint=100)", None),
+    ("RGT(truncate=9) -> RAD", 9), ("RGT(truncate=9) -> RAD(checkpoint=4)", 9)])
+@pytest.mark.parametrize("optimizer, reference", [(o[0], o[1]) for o in OPTIMIZERS[1:3]], ids=["nesterov", "Adam"])
+def test_long_trajectories_cross_chunks_and_checkpoints(pipeline, detach_at, optimizer, reference):
+    """A trajectory longer than one compiled chunk, kept at every chunk start or only every
+    `checkpoint` steps (the rest recomputed in the reverse sweep), truncated or not: always
+    autograd through the unrolled loop. The optimiser state (momentum, Adam's moments and
+    step count) crosses every chunk boundary."""
+    data = logistic_data()
+    f, F = logistic_objectives(data)
+    source = logistic_program(optimizer, pipeline).replace(f"steps = {LOGISTIC_STEPS}", f"steps = {LONG}")
+    got = build(source, **data).hypergradient()["lam"]
+
+    lam = leaf(data["lam"])
+    y_T = unroll(f, lam, torch.zeros(5, dtype=D), reference(), LONG, detach_at=detach_at)
+    (expected,) = torch.autograd.grad(F(lam, y_T), lam)
+    assert_close(got, expected, rtol=1e-9)
+
+
 # --- oracle 4: unrolled gradient descent on a quadratic (IAD, FOA, RAD, RGT) -------------------------
 
 
@@ -554,10 +578,42 @@ def test_ptt_differentiates_at_the_worst_step():
     assert not torch.allclose(got, at_T, rtol=1e-3)       # so differentiating at y_T would fail
 
 
-def test_gda_descends_the_mixed_objective():
+@pytest.mark.parametrize("pipeline", ["PTT -> RAD", "PTT -> RAD(checkpoint=15)", "PTT -> RGT(truncate=16) -> RAD"])
+def test_ptt_on_a_long_trajectory(pipeline):
+    """PTT over 23 steps (chunks of 10, 10, 3): the worst step (14) lies inside the second
+    chunk. With RGT(truncate=16) it lies in the truncated part, where y_k* is a constant and
+    only F's direct dependence on x remains."""
+    T, a = 23, 0.08
+    x0 = torch.tensor([1.0, 1.2], dtype=D)
+    c = torch.tensor([0.7, 0.8], dtype=D)
+    source = program(
+        data='target = input(fields=["c"])',
+        upper="var x = input()\nobjective = -0.5 * sqdist(w, target.c) + 0.05 * sqnorm(x)\noptimizer = SGD(lr=0.1)",
+        lower=f"var w = zeros(2)\nobjective = 0.5 * sqdist(w, x)\noptimizer = SGD(lr={a})\nsteps = {T}",
+        pipeline=pipeline)
+    got = build(source, target={"c": c}, x=x0).hypergradient()["x"]
+
+    def F(x, w):
+        return -0.5 * ((w - c) ** 2).sum() + 0.05 * (x ** 2).sum()
+
+    def f(x, w, t):
+        return 0.5 * ((w - x) ** 2).sum()
+
+    x = leaf(x0)
+    values = [F(x0, unroll(f, x, torch.zeros(2, dtype=D), sgd(a), t).detach()).item() for t in range(1, T + 1)]
+    k = 1 + max(range(T), key=values.__getitem__)
+    assert 10 < k < 16
+    y_k = unroll(f, x, torch.zeros(2, dtype=D), sgd(a), k)
+    (expected,) = torch.autograd.grad(F(x, y_k.detach() if "RGT" in pipeline else y_k), x)
+    assert_close(got, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("T", [5, 23])
+def test_gda_descends_the_mixed_objective(T):
     """GDA(alpha, alpha_decay) -> RAD: autograd through the loop whose step t descends
-    a_t F + (1 - a_t) f, a_t = alpha * alpha_decay^t (inner SGD with momentum)."""
-    data, T, alpha, decay = quad_data(), 5, 0.5, 0.8
+    a_t F + (1 - a_t) f, a_t = alpha * alpha_decay^t (inner SGD with momentum). T = 23 runs
+    the loop as compiled chunks of 10, 10 and 3 steps, each with its own a_t."""
+    data, alpha, decay = quad_data(), 0.5, 0.8
     A, c = data["quad"]["A"], data["quad"]["c"]
     source = quad_program(f"GDA(alpha={alpha}, alpha_decay={decay}) -> RAD", T, "var x = normal(4)",
                           "var w = zeros(4)", "0.5 * sum(w * (quad.A @ w)) - sum(x * w)",
@@ -579,10 +635,11 @@ def test_gda_descends_the_mixed_objective():
     assert_close(got, expected, rtol=1e-10)
 
 
-def test_di_moves_the_start_by_its_hypergradient():
+@pytest.mark.parametrize("T", [5, 23])
+def test_di_moves_the_start_by_its_hypergradient(T):
     """DI(lr) -> RAD: after one outer step the learned start is y_0 - lr * dF/dy_0 and the
     upper variable x - upper_lr * dF/dx, both derivatives by autograd through the loop."""
-    data, T = quad_data(), 5
+    data = quad_data()
     A, c = data["quad"]["A"], data["quad"]["c"]
     start = randn(QUAD_N, seed=24)
     built = build(quad_program("DI(lr=0.3) -> RAD", T, "var x = normal(4)", "var w = input()",

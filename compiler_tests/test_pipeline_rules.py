@@ -101,6 +101,8 @@ REJECTED = [
     ("GAFFO on different structures", program(hypergradient="hypergradient = GAFFO"),
      "GAFFO needs upper and lower variables of identical structure"),
     ("parameter of wrong type", program(hypergradient="hypergradient = CG(k=2.5)"), "CG's k must be an integer >= 1"),
+    ("negative checkpoint", program(hypergradient="hypergradient = RAD(checkpoint=-1)"),
+     "RAD's checkpoint must be an integer >= 0"),
     ("parameter out of range", program(hypergradient="hypergradient = GDA(alpha=1) -> RAD"),
      "GDA's alpha must be a number in [0, 1)"),
     ("unknown parameter", program(hypergradient="hypergradient = NS(kk=3)"), "NS has no parameter 'kk'"),

@@ -13,7 +13,7 @@ from torch.func import vmap
 
 from . import trees
 from .data import DataError, TaskSource
-from .hypergrad import Plan, hypergradient
+from .hypergrad import Plan, chunk_length, hypergradient, inner_loop, solver
 from .kernels import make_kernels
 from .program import BuildError, Level, Program
 
@@ -72,7 +72,8 @@ class Pipeline:
         self.tasks = self.sources[task_sets[0]].tasks if task_sets else None
         self.task_dims = self._task_dims(program.data_used) if self.tasks else None
         self.kernels = make_kernels(program.lower_objective, program.upper_objective, self.inner,
-                                    gda=self.plan.gda is not None, task_dims=self.task_dims, compile=compile)
+                                    gda=self.plan.gda is not None, chunk=chunk_length(self.plan), ptt=self.plan.ptt,
+                                    solver=solver(self.plan), task_dims=self.task_dims, compile=compile)
         self.outer_optimizer = self._optimizer(upper.optimizer, trees.leaves(self.x))
         self.start = None
         if self.plan.di_lr is not None:       # DI learns the lower level's starting point
@@ -221,15 +222,10 @@ class Pipeline:
         batch = len(next(iter(data[tasks[0]].values()))) if tasks else None
         dims = {n: {f: 0 if n in tasks else None for f in data[n]} for n in lower_data}
         k = make_kernels(self.program.lower_objective, self.program.upper_objective, self.inner,
-                         gda=False, task_dims=dims if batch else None, compile=False)
+                         gda=False, chunk=1, task_dims=dims if batch else None, compile=False)
         if self.lower_decl.start != "warm":
             y = self._start_point(x, batch)
-        s = vmap(self.inner.init)(y) if batch else self.inner.init(y)
-        zero = torch.zeros((), device=self.device, dtype=self.dtype)
-        d = {n: data[n] for n in lower_data}
-        for _ in range(self.lower_decl.steps):
-            y, s, _ = k.step(x, y, s, d, zero)
-        return y
+        return inner_loop(k, self.inner, x, y, {n: data[n] for n in lower_data}, self.lower_decl.steps, batch)
 
     @contextlib.contextmanager
     def _sizes_rebound(self, rebind: dict[str, str]):
@@ -274,14 +270,11 @@ class Pipeline:
             x[name] = torch.full_like(x[name], float(value)) if not torch.is_tensor(value) else value.to(x[name])
         y = trees.clone(self.initial_lower)
         if self.lower_decl.start != "from":
-            zero = torch.zeros((), device=self.device, dtype=self.dtype)
             # as many inner loops as the run made (or will make)
             rounds = (self.steps_done or self.program.outer_steps) if self.lower_decl.start == "warm" else 1
             for r in range(rounds):
-                d = self._data(self.program.data_used, r)
-                s = self.inner.init(y)
-                for _ in range(self.lower_decl.steps):
-                    y, s, _ = self.kernels.step(x, y, s, d, zero)
+                y = inner_loop(self.kernels, self.inner, x, y, self._data(self.program.data_used, r),
+                               self.lower_decl.steps)
         y = trees.detach(y)
         metrics = self.evaluate(upper=x, lower=y)
         whole = MetricSpec(datasets=tuple(self.program.data_used))

@@ -8,6 +8,7 @@ over tasks, so cotangents are scaled by 1/B and per-task upper gradients summed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +39,7 @@ class Plan:
     foa: bool = False
     truncate: int = 0
     iad: bool = False
+    checkpoint: int = 0                          # keep the inner state every this many steps (0: every chunk)
 
     @classmethod
     def of(cls, ops, steps: int, inner_lr: float) -> "Plan":
@@ -60,6 +62,8 @@ class Plan:
                 kw["iad"] = True
             elif op.name in TERMINALS:
                 kw["terminal"], kw["params"] = op.name, dict(op.params)
+            if op.params.get("checkpoint"):
+                kw["checkpoint"] = op.params["checkpoint"]
         return cls(steps=steps, inner_lr=inner_lr, **kw)
 
     @property
@@ -102,80 +106,163 @@ class Batch:
         return trees.tree_map(lambda t: t * c.reshape(c.shape + (1,) * (t.dim() - c.dim())), tree)
 
 
+CHUNK = 10   # inner steps per compiled call (bounds the cold compile; see kernels.py)
+
+
+def chunk_length(plan: Plan) -> int:
+    """Steps per compiled chunk: at most CHUNK, the differentiated steps, or the checkpoint interval."""
+    return max(1, min(CHUNK, plan.steps - (plan.truncate if plan.unrolled else 0), plan.checkpoint or CHUNK))
+
+
+class Sweep:
+    """The inner loop in chunks of k.length steps, from the states kept at chunk starts."""
+
+    def __init__(self, plan: Plan, k: Kernels, x, d, ref: torch.Tensor, tasks: int | None):
+        self.plan, self.k, self.x, self.d, self.tasks = plan, k, x, d, tasks
+        c = k.length
+        steps = torch.arange(plan.steps + c, dtype=ref.dtype)
+        alpha = plan.gda[0] * plan.gda[1] ** steps if plan.gda else torch.zeros_like(steps)
+        self._alphas = alpha.to(ref.device)
+        self._active = [(torch.arange(c) < n).to(ref.device) for n in range(c + 1)]
+        self._alpha_at: dict[int, torch.Tensor] = {}
+
+    def chunks(self, start: int, stop: int) -> list[tuple[int, int]]:
+        c = self.k.length
+        return [(t, min(c, stop - t)) for t in range(start, stop, c)]
+
+    def alphas(self, t0: int) -> torch.Tensor:
+        # one tensor per chunk start, each its own storage: compiled code sees the same layout every call
+        if t0 not in self._alpha_at:
+            self._alpha_at[t0] = self._alphas[t0:t0 + self.k.length].clone()
+        return self._alpha_at[t0]
+
+    def advance(self, y, s, t0: int, n: int):
+        return self.k.chunk(self.x, y, s, self.d, self.alphas(t0), self._active[n])
+
+    def run(self, y, s, start: int, stop: int):
+        for t0, n in self.chunks(start, stop):
+            y, s = self.advance(y, s, t0, n)[:2]
+        return y, s
+
+    def vjp(self, y, s, t0: int, n: int, weights, ybar, sbar):
+        return self.k.chunk_vjp(self.x, y, s, self.d, self.alphas(t0), self._active[n], weights, ybar, sbar)
+
+
+def inner_loop(k: Kernels, optimizer, x, y0, d, steps: int, tasks: int | None = None):
+    """y_T from y0: the inner optimiser alone (no GDA mixing), in chunks."""
+    s0 = vmap(optimizer.init)(y0) if tasks else optimizer.init(y0)
+    sweep = Sweep(Plan(steps=steps, inner_lr=optimizer.lr), k, x, d, trees.leaves(y0)[0], tasks)
+    return sweep.run(y0, s0, 0, steps)[0]
+
+
 def hypergradient(plan: Plan, k: Kernels, optimizer, x, y0, d, tasks: int | None = None, seed: int = 0) -> Result:
     """seed: the draw of NYSTROM's sketch columns, so the same call gives the same answer."""
     batch = Batch(tasks)
-    s = vmap(optimizer.init)(y0) if tasks else optimizer.init(y0)
+    s0 = vmap(optimizer.init)(y0) if tasks else optimizer.init(y0)
     ref = trees.leaves(y0)[0]
-    alpha = torch.zeros((), dtype=ref.dtype, device=ref.device)
+    sweep = Sweep(plan, k, x, d, ref, tasks)
+    c, T = k.length, plan.steps
+    first = plan.truncate if plan.unrolled else T          # where the differentiated part starts
+    every = -(-plan.checkpoint // c) * c if plan.checkpoint else c
 
-    # forward: the inner loop, keeping what the reverse sweep and PTT need
-    trajectory, states = [], [y0]
-    y = y0
-    for t in range(plan.steps):
-        if plan.gda:
-            alpha = alpha.new_tensor(plan.gda[0] * plan.gda[1] ** t)
-        if plan.unrolled and t >= plan.truncate:
-            trajectory.append((y, s, alpha))
-        y, s, lower_loss = k.step(x, y, s, d, alpha)
+    # forward: keep the states the reverse sweep (or PTT's worst step) starts from
+    kept = {0: (y0, s0)}
+    values = []
+    y, s = y0, s0
+    for t0, n in sweep.chunks(0, first) + sweep.chunks(first, T):
+        if (t0 >= first and (t0 - first) % every == 0) or (plan.ptt and not plan.unrolled):
+            kept[t0] = (y, s)
+        out = sweep.advance(y, s, t0, n)
+        y, s, lower_loss = out[:3]
         if plan.ptt:
-            states.append(y)
+            values.append(out[3][..., :n])
     y_T = y
 
-    # where F is differentiated: y_T, or with PTT each task's worst step k*
-    if plan.ptt:
-        losses = torch.stack([k.upper_value(x, yk, d) for yk in states[1:]])
-        worst = losses.argmax(0) + 1
-    else:
-        worst = torch.tensor(plan.steps)
-    positions = sorted(set(worst.reshape(-1).tolist()))
+    def state_at(p):
+        base = max(t for t in kept if t <= p)
+        return sweep.run(*kept[base], base, p)[0]
 
     w = batch.mean_weight()
+    shape = (tasks, c) if tasks else (c,)
+    no_weights = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
     xbar = trees.zeros_like(x)
-    ybar = trees.zeros_like(y_T)
-    upper_loss = torch.zeros_like(alpha)
-    y_end = trees.zeros_like(y_T)
-    sbar = trees.zeros_like(s)
-    first = plan.truncate if plan.unrolled else plan.steps
-    for p in range(plan.steps, min(first, positions[0]) - 1, -1):
-        if p in positions:
-            yp = states[p] if plan.ptt else y_T
-            mask = (worst == p).to(alpha.dtype)
-            value, gx, gy = k.upper_grads(x, yp, d)
-            upper_loss = upper_loss + (batch.total(mask * value) * w if tasks else mask * value)
-            xbar = trees.add(xbar, batch.total(batch.scale(gx, mask * w)))
-            ybar = trees.add(ybar, batch.scale(gy, mask * w))
-            y_end = trees.add(y_end, batch.scale(yp, mask))
-        if plan.unrolled and first < p:
-            y_prev, s_prev, a = trajectory[p - 1 - plan.truncate]
-            dx, ybar, sbar = k.step_vjp(x, y_prev, s_prev, d, a, ybar, sbar)
-            xbar = trees.add(xbar, batch.total(dx))
+    if plan.ptt:
+        # where F is differentiated: each task's worst step k* = argmax_t F(x, y_t)
+        values = torch.cat(values, -1)
+        worst = values.argmax(-1) + 1
+        upper_loss = values.max(-1).values.mean()
+        positions = sorted(set(worst.reshape(-1).tolist()))
+        mask = {p: (worst == p).to(ref.dtype) for p in positions}
+        y_F = None
+        if not plan.unrolled:
+            states = {p: state_at(p) for p in positions}
+            y_F = functools.reduce(trees.add, (batch.scale(states[p], mask[p]) for p in positions))
+    else:
+        y_F = y_T
+    if y_F is not None:
+        value, gx, gy = k.upper_grads(x, y_F, d)
+        upper_loss = value.mean()
+        xbar = batch.total(trees.scale(gx, w))
+        ybar = trees.scale(gy, w)
+    else:
+        ybar = trees.zeros_like(y_T)
 
     start_grad = None
     if plan.unrolled:
+        sbar = trees.zeros_like(s)
+        segment: dict[int, tuple] = {}
+        for t0, n in reversed(sweep.chunks(first, T)):
+            if t0 in kept:
+                state = kept[t0]
+            else:   # checkpointing: recompute the chunk starts of this segment from its kept state
+                if t0 not in segment:
+                    base = max(t for t in kept if t <= t0)
+                    segment.clear()
+                    ys = kept[base]
+                    for u, m in sweep.chunks(base, min(base + every, T)):
+                        segment[u] = ys
+                        ys = sweep.advance(*ys, u, m)[:2]
+                state = segment[t0]
+            weights = no_weights
+            if plan.ptt:
+                at = t0 + 1 + torch.arange(c, device=ref.device)
+                weights = w * (worst.unsqueeze(-1) == at).to(ref.dtype) * (at <= t0 + n)
+            dx, ybar, sbar = sweep.vjp(*state, t0, n, weights, ybar, sbar)
+            xbar = trees.add(xbar, batch.total(dx))
+        if plan.ptt:    # worst steps inside the truncated part: F's direct dependence on x only
+            for p in (p for p in positions if p <= first):
+                _, gx, _ = k.upper_grads(x, state_at(p), d)
+                xbar = trees.add(xbar, batch.total(batch.scale(gx, mask[p] * w)))
         # truncation cuts the trajectory off from its start
         start_grad = ybar if plan.truncate == 0 else trees.zeros_like(ybar)
     elif plan.foa:
         start_grad = ybar                    # dy_T/dy0 taken as the identity
     else:
-        xbar = trees.add(xbar, _terminal(plan, k, batch, x, y_end, d, ybar, seed))
+        xbar = trees.add(xbar, _terminal(plan, k, batch, x, y_F, d, ybar, seed))
     return Result(xbar, start_grad, y_T, upper_loss, lower_loss.mean())
+
+
+def solver(plan: Plan):
+    """q ~ H^-1 v from Hessian-vector products, for the terminals solved inside a compiled kernel."""
+    p = plan.params
+    if plan.terminal == "CG":
+        return lambda hvp, v: conjugate_gradient(hvp, v, p["k"], p["tol"])
+    if plan.terminal == "NS":
+        return lambda hvp, v: neumann(hvp, v, p["k"], p["alpha"])
+    return None
 
 
 def _terminal(plan, k, batch, x, y, d, v, seed=0):
     """The correction to dF/dx made by an approximate terminal at y, given v = dF/dy."""
     name, p = plan.terminal, plan.params
-    if name in ("CG", "NS", "NYSTROM"):
-        if name == "CG":
-            q = conjugate_gradient(lambda u: k.hvp(x, y, d, u), v, p["k"], p["tol"], batch)
-        elif name == "NS":
-            q = neumann(lambda u: k.hvp(x, y, d, u), v, p["k"], p["alpha"])
-        else:
-            if batch.tasks:
-                raise NotSupported("NYSTROM does not run on task batches yet; use CG or NS after IAD")
-            q = nystrom(lambda u: k.hvp(x, y, d, u), v, p["rank"], p["rho"], torch.Generator().manual_seed(seed))
+    if name in ("CG", "NS"):
         # q ~ H^-1 v: the implicit function theorem gives -J^T q
-        return trees.scale(batch.total(k.cross_vjp(x, y, d, q)), -1.0)
+        return trees.scale(batch.total(k.implicit(x, y, d, v)), -1.0)
+    if name == "NYSTROM":
+        if batch.tasks:
+            raise NotSupported("NYSTROM does not run on task batches yet; use CG or NS after IAD")
+        q = nystrom(lambda u: k.hvp(x, y, d, u), v, p["rank"], p["rho"], torch.Generator().manual_seed(seed))
+        return trees.scale(batch.total(k.implicit(x, y, d, q)), -1.0)   # no solver in the kernel: J^T q
     if name == "FD":
         eps = p["r"] / torch.sqrt(batch.dot(v, v))
         plus, _ = k.lower_grads(x, trees.add(y, batch.scale(v, eps)), d)
@@ -199,10 +286,8 @@ def conjugate_gradient(hvp, v, iterations: int, tol: float, batch: Batch | None 
     r = v
     p = v
     rr = batch.dot(r, r)
-    for _ in range(iterations):
+    for _ in range(iterations):   # no early exit: the loop runs inside compiled kernels
         active = torch.sqrt(rr) >= tol
-        if not bool(active.any()):
-            break
         hp = hvp(p)
         php = batch.dot(p, hp)
         step = torch.where(active & (php != 0), rr / torch.where(php != 0, php, 1), 0)

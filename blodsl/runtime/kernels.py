@@ -2,12 +2,17 @@
 
 Every derivative is taken here with torch.func, inside the function that
 torch.compile sees, and every kernel returns plain tensors: nothing crosses a
-compiled boundary with a graph attached. The inner loop and the reverse sweep
-run in Python over `step` and `step_vjp`, so a cold compile costs the same for
-5 inner steps as for 1000.
+compiled boundary with a graph attached.
+
+The inner loop runs in chunks of `chunk` steps: one compiled call advances the
+lower level `chunk` steps, and one compiled call takes the VJP of a chunk,
+recomputing its steps from the state at its start. A cold compile then costs
+the same for 10 inner steps as for 1000, the per-call overhead is paid once per
+chunk, and the reverse sweep keeps only the states at chunk starts. Steps of a
+chunk beyond the end of the loop are switched off by `active`.
 
 With task batches each kernel is vmapped over the tasks (upper variables
-shared), then compiled: one fused kernel per step for the whole batch.
+shared), then compiled: one fused kernel per chunk for the whole batch.
 """
 
 from __future__ import annotations
@@ -23,18 +28,20 @@ from . import trees
 
 @dataclass
 class Kernels:
-    step: Callable          # (x, y, s, d, a) -> (y', s', f)
-    step_vjp: Callable      # (x, y, s, d, a, ybar, sbar) -> (xbar, ybar', sbar')
+    chunk: Callable         # (x, y, s, d, alphas, active) -> (y', s', f[, F after each step if ptt])
+    chunk_vjp: Callable     # (x, y, s, d, alphas, active, weights, ybar, sbar) -> (xbar, ybar', sbar')
     upper_grads: Callable   # (x, y, d) -> (F, dF/dx, dF/dy)
-    upper_value: Callable   # (x, y, d) -> F
-    lower_value: Callable   # (x, y, d) -> f
     lower_grads: Callable   # (x, y, d) -> (df/dx, df/dy)
     hvp: Callable           # (x, y, d, v) -> H v
-    cross_vjp: Callable     # (x, y, d, q) -> J^T q = d/dx <df/dy, q>
+    implicit: Callable      # (x, y, d, v) -> J^T q with q = solver(H, v) (q = v without a solver)
+    length: int             # steps per chunk
 
 
-def make_kernels(f, F, optimizer, gda: bool, task_dims=None, compile: bool = True) -> Kernels:
-    """f, F: (x, y, d) -> scalar. task_dims: vmap in_dims of d when d holds task batches."""
+def make_kernels(f, F, optimizer, *, gda: bool, chunk: int, ptt: bool = False, solver=None,
+                 task_dims=None, compile: bool = True) -> Kernels:
+    """f, F: (x, y, d) -> scalar. ptt: chunks also return F after each step, and their VJP
+    adds sum_i weights_i * F(x, y_i) to what is differentiated. solver: (hvp, v) -> q ~ H^-1 v,
+    solved inside the `implicit` kernel (CG, NS). task_dims: vmap in_dims of d when d holds task batches."""
 
     def inner_loss(x, y, d, a):
         fy = f(x, y, d)
@@ -45,9 +52,25 @@ def make_kernels(f, F, optimizer, gda: bool, task_dims=None, compile: bool = Tru
         y, s = optimizer.update(y, s, g)
         return y, s, fy
 
-    def step_vjp(x, y, s, d, a, ybar, sbar):
-        _, pullback = vjp(lambda x, y, s: step(x, y, s, d, a)[:2], x, y, s)
-        return pullback((ybar, sbar))
+    def run_chunk(x, y, s, d, alphas, active):
+        values = []
+        for i in range(chunk):
+            y_next, s_next, fy = step(x, y, s, d, alphas[i])
+            on = active[i]
+            y = trees.tree_map(lambda new, old: torch.where(on, new, old), y_next, y)
+            s = trees.tree_map(lambda new, old: torch.where(on, new, old), s_next, s)
+            f_last = fy if i == 0 else torch.where(on, fy, f_last)
+            if ptt:
+                values.append(F(x, y, d))
+        return (y, s, f_last, torch.stack(values)) if ptt else (y, s, f_last)
+
+    def chunk_vjp(x, y, s, d, alphas, active, weights, ybar, sbar):
+        def forward(x, y, s):
+            out = run_chunk(x, y, s, d, alphas, active)
+            return (out[0], out[1], (weights * out[3]).sum()) if ptt else out[:2]
+
+        _, pullback = vjp(forward, x, y, s)
+        return pullback((ybar, sbar, torch.ones_like(weights[0])) if ptt else (ybar, sbar))
 
     def upper_grads(x, y, d):
         (gx, gy), value = grad_and_value(F, argnums=(0, 1))(x, y, d)
@@ -67,23 +90,25 @@ def make_kernels(f, F, optimizer, gda: bool, task_dims=None, compile: bool = Tru
         hv = vjp(lambda y: grad_y_f(x, y, d), y)[1](v)[0]
         return trees.axpy(decay, v, hv) if decay else hv
 
-    def cross_vjp(x, y, d, q):
+    def implicit(x, y, d, v):
+        q = solver(lambda u: hvp(x, y, d, u), v) if solver else v
         return grad(lambda x: trees.dot(grad_y_f(x, y, d), q))(x)
 
-    fns = dict(step=step, step_vjp=step_vjp, upper_grads=upper_grads, upper_value=F, lower_value=f,
-               lower_grads=lower_grads, hvp=hvp, cross_vjp=cross_vjp)
+    # torch.compile is lazy: a kernel the pipeline never calls is never compiled
+    fns = dict(chunk=run_chunk, chunk_vjp=chunk_vjp, upper_grads=upper_grads, lower_grads=lower_grads, hvp=hvp,
+               implicit=implicit)
     if task_dims is not None:
         fns = {name: _over_tasks(name, fn, task_dims) for name, fn in fns.items()}
     if compile:
         fns = {name: torch.compile(fn, dynamic=False) for name, fn in fns.items()}
-    return Kernels(**fns)
+    return Kernels(length=chunk, **fns)
 
 
-# Which arguments carry a task dimension: x is shared, everything else per task.
-_ARGS = {"step": "xysda", "step_vjp": "xysdaYS", "upper_grads": "xyd", "upper_value": "xyd",
-         "lower_value": "xyd", "lower_grads": "xyd", "hvp": "xydv", "cross_vjp": "xydq"}
+# Which arguments carry a task dimension: x, alphas and active are shared, the rest per task.
+_ARGS = {"chunk": "xysdAm", "chunk_vjp": "xysdAmwYS", "upper_grads": "xyd", "lower_grads": "xyd",
+         "hvp": "xydv", "implicit": "xydv"}
 
 
 def _over_tasks(name: str, fn: Callable, task_dims) -> Callable:
-    dims = tuple(None if arg in "xa" else task_dims if arg == "d" else 0 for arg in _ARGS[name])
+    dims = tuple(None if arg in "xAm" else task_dims if arg == "d" else 0 for arg in _ARGS[name])
     return vmap(fn, in_dims=dims)

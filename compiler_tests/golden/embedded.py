@@ -13,7 +13,7 @@ DATA_FOLDER = "programs"  # data files are named relative to it
 
 class Program(rt.Program):
     source = "embedded.blo"
-    pipeline = [rt.Op("NGD"), rt.Op("RGT", truncate=20), rt.Op("RAD")]  # embedded.blo:31
+    pipeline = [rt.Op("NGD"), rt.Op("RGT", truncate=20), rt.Op("RAD", checkpoint=0)]  # embedded.blo:31
     data_used = ["train", "val"]
     lower_data = ["train"]
     metrics = {

@@ -13,7 +13,7 @@ DATA_FOLDER = "programs"  # data files are named relative to it
 
 class Program(rt.Program):
     source = "hyper_cleaning.blo"
-    pipeline = [rt.Op("NGD"), rt.Op("RAD")]  # hyper_cleaning.blo:33
+    pipeline = [rt.Op("NGD"), rt.Op("RAD", checkpoint=0)]  # hyper_cleaning.blo:33
     data_used = ["train", "val"]
     lower_data = ["train"]
     metrics = {

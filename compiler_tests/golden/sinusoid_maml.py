@@ -13,7 +13,7 @@ DATA_FOLDER = "programs"  # data files are named relative to it
 
 class Program(rt.Program):
     source = "sinusoid_maml.blo"
-    pipeline = [rt.Op("NGD"), rt.Op("IAD")]  # sinusoid_maml.blo:39
+    pipeline = [rt.Op("NGD"), rt.Op("IAD", checkpoint=0)]  # sinusoid_maml.blo:39
     data_used = ["tasks"]
     lower_data = ["tasks"]
     metrics = {
