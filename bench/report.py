@@ -1,0 +1,180 @@
+"""Tables (markdown) and a plot (PNG) from the harness's results, and the targets checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ORDER = ("blodsl", "reference", "BOAT", "higher", "TorchOpt", "Betty")
+PEERS = ("BOAT", "higher", "TorchOpt", "Betty")
+
+
+def cell_status(result: dict) -> str:
+    if "ms" in result:
+        return f"{result['ms']:.2f} ms/step"
+    return result.get("unsupported") or result.get("failed") or "no figure"
+
+
+def _impls(data) -> list[str]:
+    seen = {impl for c in data["cases"] for impl in c["results"]}
+    return [i for i in ORDER if i in seen]
+
+
+def _ms(case, impl):
+    return case["results"].get(impl, {}).get("ms")
+
+
+def _time_cell(case, impl, notes) -> str:
+    r = case["results"].get(impl, {})
+    if "ms" not in r:
+        why = r.get("unsupported") or r.get("failed") or "not run"
+        if why not in notes:
+            notes.append(why)
+        return f"n/a [{notes.index(why) + 1}]"
+    mine = _ms(case, "blodsl")
+    if impl == "blodsl" or mine is None:
+        return f"{r['ms']:.2f}"
+    return f"{r['ms']:.2f} ({r['ms'] / mine:.1f}x)"
+
+
+def markdown(data: dict) -> str:
+    impls = _impls(data)
+    m = data["machine"]
+    lines = [f"Suite `{data['suite']}` on {data['device']}: {m.get('gpu') or m['cpu']}, {m['cores']} cores, "
+             f"torch {m['torch']}, Python {m['python']}; peers: "
+             + ", ".join(f"{k} {m[k]}" for k in ("boat-torch", "higher", "torchopt", "betty-ml")) + ".", ""]
+
+    notes: list[str] = []
+    lines += ["### Time per outer step (ms, median after warm-up; in brackets: how many times blodsl's time)", "",
+              "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
+    for case in data["cases"]:
+        lines.append(f"| {case['name']} | " + " | ".join(_time_cell(case, i, notes) for i in impls) + " |")
+    lines += [""] + [f"[{n}] {why}" for n, why in enumerate(notes, 1)] + [""]
+
+    lines += ["### Peak memory during a step (MB above the resident data) and hypergradient difference", "",
+              "Relative difference ||g - g_blodsl|| / ||g_blodsl|| of the first outer step's hypergradient.", "",
+              "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
+    for case in data["cases"]:
+        cells = []
+        for impl in impls:
+            r = case["results"].get(impl, {})
+            if "peak_mb" not in r:
+                cells.append("")
+                continue
+            diff = f", diff {r['rel_diff']:.1e}" if impl != "blodsl" and "rel_diff" in r else ""
+            cells.append(f"{r['peak_mb']:.1f} MB{diff}")
+        lines.append(f"| {case['name']} | " + " | ".join(cells) + " |")
+
+    compiled = [i for i in ("blodsl", "reference") if i in impls]
+    lines += ["", "### Start-up: process start to the first outer step done (s)", "",
+              "| case | " + " | ".join(f"{i} cold | {i} warm" for i in compiled) + " |",
+              "|---" * (2 * len(compiled) + 1) + "|"]
+    for case in data["cases"]:
+        cells = []
+        for impl in compiled:
+            r = case["results"].get(impl, {})
+            cells += [f"{r['cold_start_s']:.1f}" if "cold_start_s" in r else "",
+                      f"{r['warm_start_s']:.1f}" if r.get("warm_start_s") else ""]
+        lines.append(f"| {case['name']} | " + " | ".join(cells) + " |")
+    lines += ["", "### Targets", "", *targets(data), ""]
+    return "\n".join(lines)
+
+
+def targets(data: dict) -> list[str]:
+    """Each target of the benchmark, met or missed, with the figure that decides it."""
+    out = []
+
+    def check(name, ok, figure):
+        out.append(f"- {'met' if ok else 'MISSED'}: {name}: {figure}")
+
+    speedups = []   # (peer time / blodsl time, case, peer)
+    for case in data["cases"]:
+        mine = _ms(case, "blodsl")
+        for peer in PEERS:
+            theirs = _ms(case, peer)
+            if mine and theirs:
+                speedups.append((theirs / mine, case["name"], peer))
+    if speedups:
+        worst = min(speedups)
+        check("faster than every peer on every case it runs", worst[0] > 1,
+              f"smallest speed-up {worst[0]:.2f}x ({worst[2]}, {worst[1]})")
+    for problems, factor, label in ((("l2_logreg", "maml"), 5.0, "at least 5x the fastest peer on problems 2 and 3"),):
+        ratios = []
+        for case in data["cases"]:
+            if case["case"]["problem"] in problems and _ms(case, "blodsl"):
+                peer_times = [_ms(case, p) for p in PEERS if _ms(case, p)]
+                if peer_times:
+                    ratios.append((min(peer_times) / _ms(case, "blodsl"), case["name"]))
+        if ratios:
+            worst = min(ratios)
+            check(label, worst[0] >= factor, f"smallest {worst[0]:.1f}x ({worst[1]})")
+    boat = [(_ms(c, "BOAT") / _ms(c, "blodsl"), c["name"]) for c in data["cases"]
+            if c["case"]["problem"] == "hyper_cleaning" and _ms(c, "BOAT") and _ms(c, "blodsl")]
+    if boat:
+        worst = min(boat)
+        check("at least 1.8x BOAT on problem 1", worst[0] >= 1.8, f"smallest {worst[0]:.2f}x ({worst[1]})")
+    ref = [(_ms(c, "blodsl") / _ms(c, "reference"), c["name"]) for c in data["cases"]
+           if _ms(c, "reference") and _ms(c, "blodsl")]
+    if ref:
+        worst = max(ref)
+        check("within 1.15x of the hand-written reference", worst[0] <= 1.15,
+              f"largest blodsl/reference {worst[0]:.2f}x ({worst[1]})")
+    cold = [(c["results"]["blodsl"]["cold_start_s"], c["name"]) for c in data["cases"]
+            if "cold_start_s" in c["results"].get("blodsl", {})]
+    if cold:
+        worst = max(cold)
+        check("cold start at most 15 s", worst[0] <= 15, f"largest {worst[0]:.1f} s ({worst[1]})")
+    warm = [(c["results"]["blodsl"]["warm_start_s"], c["name"]) for c in data["cases"]
+            if c["results"].get("blodsl", {}).get("warm_start_s")]
+    if warm:
+        worst = max(warm)
+        check("warm start at most 3 s", worst[0] <= 3, f"largest {worst[0]:.1f} s ({worst[1]})")
+    memory = [c for c in data["cases"] if c["case"]["problem"] == "rad_memory"]
+    if memory:
+        longest = max(memory, key=lambda c: c["case"]["steps"])
+        mine = longest["results"].get("blodsl", {}).get("peak_mb")
+        theirs = longest["results"].get("higher", {}).get("peak_mb")
+        if mine is not None and theirs:
+            check("RAD's peak memory at most a quarter of higher's", mine <= theirs / 4,
+                  f"{mine:.1f} MB vs {theirs:.1f} MB at T = {longest['case']['steps']} ({theirs / max(mine, 1e-9):.0f}x less)")
+    return out
+
+
+def plot(data: dict, path: Path) -> None:
+    """Time per step for every case (log scale), and RAD's time and memory as T grows."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    impls = _impls(data)
+    cases = [c for c in data["cases"] if c["case"]["problem"] != "rad_memory"]
+    memory = [c for c in data["cases"] if c["case"]["problem"] == "rad_memory"]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5), gridspec_kw={"width_ratios": [3, 1, 1]})
+    width = 0.8 / max(len(impls), 1)
+    for k, impl in enumerate(impls):
+        xs = [i + k * width for i, c in enumerate(cases) if _ms(c, impl)]
+        ys = [_ms(c, impl) for c in cases if _ms(c, impl)]
+        axes[0].bar(xs, ys, width, label=impl)
+    axes[0].set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], [c["name"] for c in cases], rotation=40,
+                       ha="right", fontsize=8)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("ms per outer step")
+    axes[0].legend()
+    for impl in impls:
+        rows = [(c["case"]["steps"], c["results"].get(impl, {})) for c in memory]
+        rows = [(t, r) for t, r in rows if "ms" in r]
+        if rows:
+            axes[1].plot([t for t, _ in rows], [r["ms"] for _, r in rows], "o-", label=impl)
+            axes[2].plot([t for t, _ in rows], [max(r["peak_mb"], 0.1) for _, r in rows], "o-", label=impl)
+    for ax, label in ((axes[1], "ms per outer step"), (axes[2], "peak MB during a step")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("inner steps T (RAD, hyper-cleaning)")
+        ax.set_ylabel(label)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    fig.suptitle(f"blodsl benchmark, {data['suite']} suite, {data['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
