@@ -100,6 +100,9 @@ def make_kernels(f, F, optimizer, *, gda: bool, chunk: int, ptt: bool = False, s
     if task_dims is not None:
         fns = {name: _over_tasks(name, fn, task_dims) for name, fn in fns.items()}
     if compile:
+        # vmapped kernels share functorch's wrapper code object, and a process may build several
+        # pipelines: each is a variant of that code to dynamo, which falls back to eager past its limit
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         fns = {name: torch.compile(fn, dynamic=False) for name, fn in fns.items()}
     return Kernels(length=chunk, **fns)
 
