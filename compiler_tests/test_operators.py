@@ -457,7 +457,7 @@ def test_rgt_matches_truncated_autograd_on_a_nonlinear_problem(optimizer, refere
     assert not torch.allclose(got, full, rtol=1e-3)      # truncation changes the answer
 
 
-LONG = 23   # compiled chunks of 10, 10 and 3 steps
+LONG = 23   # compiled chunks of 5 steps, the last of 3
 
 
 @pytest.mark.parametrize("pipeline, detach_at", [
@@ -580,7 +580,7 @@ def test_ptt_differentiates_at_the_worst_step():
 
 @pytest.mark.parametrize("pipeline", ["PTT -> RAD", "PTT -> RAD(checkpoint=15)", "PTT -> RGT(truncate=16) -> RAD"])
 def test_ptt_on_a_long_trajectory(pipeline):
-    """PTT over 23 steps (chunks of 10, 10, 3): the worst step (14) lies inside the second
+    """PTT over 23 steps (chunks of 5, the last of 3): the worst step (14) lies inside the third
     chunk. With RGT(truncate=16) it lies in the truncated part, where y_k* is a constant and
     only F's direct dependence on x remains."""
     T, a = 23, 0.08
@@ -612,7 +612,7 @@ def test_ptt_on_a_long_trajectory(pipeline):
 def test_gda_descends_the_mixed_objective(T):
     """GDA(alpha, alpha_decay) -> RAD: autograd through the loop whose step t descends
     a_t F + (1 - a_t) f, a_t = alpha * alpha_decay^t (inner SGD with momentum). T = 23 runs
-    the loop as compiled chunks of 10, 10 and 3 steps, each with its own a_t."""
+    the loop as compiled chunks of 5 steps (the last of 3), each with its own a_t."""
     data, alpha, decay = quad_data(), 0.5, 0.8
     A, c = data["quad"]["A"], data["quad"]["c"]
     source = quad_program(f"GDA(alpha={alpha}, alpha_decay={decay}) -> RAD", T, "var x = normal(4)",

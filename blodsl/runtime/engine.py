@@ -13,7 +13,7 @@ from torch.func import vmap
 
 from . import trees
 from .data import DataError, TaskSource
-from .hypergrad import Plan, chunk_length, hypergradient, inner_loop, solver
+from .hypergrad import HEAVY_STEP, Plan, chunk_length, hypergradient, inner_loop, solver
 from .kernels import make_kernels
 from .program import BuildError, Level, Program
 
@@ -72,7 +72,7 @@ class Pipeline:
         self.tasks = self.sources[task_sets[0]].tasks if task_sets else None
         self.task_dims = self._task_dims(program.data_used) if self.tasks else None
         self.kernels = make_kernels(program.lower_objective, program.upper_objective, self.inner,
-                                    gda=self.plan.gda is not None, chunk=chunk_length(self.plan), ptt=self.plan.ptt,
+                                    gda=self.plan.gda is not None, chunk=chunk_length(self.plan, self._heavy_steps()), ptt=self.plan.ptt,
                                     solver=solver(self.plan), task_dims=self.task_dims, compile=compile)
         self.outer_optimizer = self._optimizer(upper.optimizer, trees.leaves(self.x))
         self.start = None
@@ -116,6 +116,14 @@ class Pipeline:
             raise BuildError("LBFGS needs a closure that re-evaluates the objective; choose another upper optimizer")
         args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
         return cls(params, **args)
+
+    def _heavy_steps(self) -> bool:
+        """Whether one inner step costs far more than a compiled call (on a CPU; a GPU step is
+        launch-bound, so there chunks always pay)."""
+        if self.device.type != "cpu":
+            return False
+        fields = [t for name in self.program.lower_data for t in self._fields(name, 0).values()]
+        return sum(t.numel() for t in fields if torch.is_tensor(t)) >= HEAVY_STEP
 
     def _task_dims(self, names):
         return {n: {f: 0 if isinstance(self.sources[n], TaskSource) else None for f in self._fields(n, 0)}

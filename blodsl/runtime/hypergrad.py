@@ -106,12 +106,15 @@ class Batch:
         return trees.tree_map(lambda t: t * c.reshape(c.shape + (1,) * (t.dim() - c.dim())), tree)
 
 
-CHUNK = 10   # inner steps per compiled call (bounds the cold compile; see kernels.py)
+CHUNK = 5            # inner steps per compiled call: amortises the call, bounds the compile
+HEAVY_STEP = 2**20   # data elements a step reads beyond which one call's overhead is noise
 
 
-def chunk_length(plan: Plan) -> int:
-    """Steps per compiled chunk: at most CHUNK, the differentiated steps, or the checkpoint interval."""
-    return max(1, min(CHUNK, plan.steps - (plan.truncate if plan.unrolled else 0), plan.checkpoint or CHUNK))
+def chunk_length(plan: Plan, heavy: bool = False) -> int:
+    """Steps per compiled chunk: at most CHUNK, the differentiated steps, or the checkpoint
+    interval. A heavy step (on a CPU) gains nothing from chunks and they cost compile time."""
+    longest = 1 if heavy else CHUNK
+    return max(1, min(longest, plan.steps - (plan.truncate if plan.unrolled else 0), plan.checkpoint or longest))
 
 
 class Sweep:
