@@ -37,6 +37,8 @@ def run_worker(impl: str, case: problems.Case, args, cache: Path, grad: Path | N
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache),
            # big tensors come from mmap and go back on free, so the resident set follows live tensors
            "MALLOC_MMAP_THRESHOLD_": "65536"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [sys.executable, "-m", "bench.worker", impl, json.dumps(dataclasses.asdict(case)), out.name,
                    "--repeats", str(repeats), "--budget", str(args.budget), "--device", args.device]
@@ -111,6 +113,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20, help="timed outer steps per measurement (at most)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds of timed steps per measurement")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads per process (0: torch's default); 1 keeps figures steady on a busy machine")
     parser.add_argument("--out", default="bench/results", help="folder for results.json/.md/.png")
     args = parser.parse_args(argv)
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
@@ -123,7 +127,8 @@ def main(argv=None):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = {"suite": args.suite, "device": args.device, "machine": machine(args.device), "cases": []}
+    data = {"suite": args.suite, "device": args.device, "machine": machine(args.device), "cases": [],
+            "threads": args.threads or torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="blodsl-bench-") as work:
         for case in cases:
             results = measure_case(case, impls, args, Path(work))

@@ -40,7 +40,7 @@ def markdown(data: dict) -> str:
     impls = _impls(data)
     m = data["machine"]
     lines = [f"Suite `{data['suite']}` on {data['device']}: {m.get('gpu') or m['cpu']}, {m['cores']} cores, "
-             f"torch {m['torch']}, Python {m['python']}; peers: "
+             f"{data.get('threads', '?')} thread(s) per process, torch {m['torch']}, Python {m['python']}; peers: "
              + ", ".join(f"{k} {m[k]}" for k in ("boat-torch", "higher", "torchopt", "betty-ml")) + ".", ""]
 
     notes: list[str] = []

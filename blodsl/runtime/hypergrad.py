@@ -122,21 +122,13 @@ class Sweep:
 
     def __init__(self, plan: Plan, k: Kernels, x, d, ref: torch.Tensor, tasks: int | None):
         self.plan, self.k, self.x, self.d, self.tasks = plan, k, x, d, tasks
-        c = k.length
-        steps = torch.arange(plan.steps + c, dtype=ref.dtype)
-        alpha = plan.gda[0] * plan.gda[1] ** steps if plan.gda else torch.zeros_like(steps)
-        self._alphas = alpha.to(ref.device)
-        self._active = [(torch.arange(c) < n).to(ref.device) for n in range(c + 1)]
-        self._alpha_at: dict[int, torch.Tensor] = {}
+        self._alpha_at, self._active = _schedule(plan.steps, k.length, plan.gda, ref.dtype, ref.device)
 
     def chunks(self, start: int, stop: int) -> list[tuple[int, int]]:
         c = self.k.length
         return [(t, min(c, stop - t)) for t in range(start, stop, c)]
 
     def alphas(self, t0: int) -> torch.Tensor:
-        # one tensor per chunk start, each its own storage: compiled code sees the same layout every call
-        if t0 not in self._alpha_at:
-            self._alpha_at[t0] = self._alphas[t0:t0 + self.k.length].clone()
         return self._alpha_at[t0]
 
     def advance(self, y, s, t0: int, n: int):
@@ -149,6 +141,17 @@ class Sweep:
 
     def vjp(self, y, s, t0: int, n: int, weights, ybar, sbar):
         return self.k.chunk_vjp(self.x, y, s, self.d, self.alphas(t0), self._active[n], weights, ybar, sbar)
+
+
+@functools.lru_cache(maxsize=64)
+def _schedule(steps: int, c: int, gda, dtype, device):
+    """GDA's a_t for each chunk start (zeros without GDA), and the `active` masks of chunks
+    of n = 0..c steps: made once per pipeline, not per outer step. Each chunk start gets a
+    tensor with its own storage, so compiled code sees the same layout on every call."""
+    t = torch.arange(steps + c, dtype=dtype)
+    alpha = (gda[0] * gda[1] ** t if gda else torch.zeros_like(t)).to(device)
+    starts = {t0: alpha[t0:t0 + c].clone() for t0 in range(steps)}
+    return starts, [(torch.arange(c) < n).to(device) for n in range(c + 1)]
 
 
 def inner_loop(k: Kernels, optimizer, x, y0, d, steps: int, tasks: int | None = None):
