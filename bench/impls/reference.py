@@ -3,10 +3,11 @@ torch.compile, as an expert would, to measure blodsl's generated code against.
 
 Pure functions over tuples / dicts of tensors; all differentiation happens inside the
 compiled functions (torch.func), so only plain tensors cross the compile boundary.
-  - short inner loops (T <= 20): one compiled function for the whole hypergradient;
-  - long unrolled loops: compiled chunks of inner steps and their compiled VJP, the
-    trajectory stored at chunk boundaries and the reverse sweep in Python;
-  - implicit terminals (CG, NS, FD, IGA): the inner loop has no graph; a compiled
+  - short inner loops (T <= 20): one compiled function for the whole hypergradient
+    (the unrolled loop and its derivative, or the loop and an implicit terminal);
+  - long unrolled loops (RAD): compiled chunks of inner steps forward, storing the
+    trajectory, then compiled VJPs of those chunks in a reverse sweep in Python;
+  - long loops with an implicit terminal (CG): compiled chunks of steps, then one compiled
     terminal at y_T built from Hessian-vector products.
 """
 
@@ -16,7 +17,7 @@ import math
 
 import torch
 import torch.nn.functional as nnf
-from torch.func import grad, grad_and_value, vjp, vmap
+from torch.func import grad, vjp, vmap
 
 from bench.problems import (HYPER_CLEANING, L2_LOGREG, MAML, METHODS, Case, Unsupported, hyper_cleaning_data,
                             l2_logreg_data, maml_batch, maml_init)
@@ -54,7 +55,9 @@ def _dot(x, y):
 def _cross_entropy(X, labels, y, reduction="mean"):
     """The linear classifier's cross-entropy, logits kept as [classes, n] (W @ X^T): the same
     product as F.linear's X @ W^T, but BLAS runs this orientation, and the ones autodiff
-    derives from it, about twice as fast on CPU with few classes and many samples."""
+    derives from it, about twice as fast on CPU with few classes and many samples. (Written
+    instead as (W @ X^T).T into cross_entropy, torch 2.13's vectorised CPU kernels get its
+    second derivatives wrong by ~1%; this [1, classes, n] form compiles correctly.)"""
     W, b = y
     logits = W @ X.T + b[:, None]
     return nnf.cross_entropy(logits[None], labels[None], reduction=reduction).squeeze(0)
