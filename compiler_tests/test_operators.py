@@ -549,41 +549,20 @@ def test_rad_and_rgt_on_a_quadratic(truncate):
     assert_close(got, expected, rtol=1e-10)
 
 
-def test_ptt_differentiates_at_the_worst_step():
+PTT_CASES = [  # (pipeline, T, inner lr, where the worst step k* must fall)
+    ("PTT -> RAD", 8, 0.3, range(2, 8)),
+    # 23 steps run as chunks of 5 (the last of 3): k* lies inside the third chunk
+    ("PTT -> RAD", 23, 0.08, range(11, 16)),
+    ("PTT -> RAD(checkpoint=15)", 23, 0.08, range(11, 16)),
+    # k* lies in the truncated part: y_k* is a constant, only F's direct dependence on x remains
+    ("PTT -> RGT(truncate=16) -> RAD", 23, 0.08, range(11, 16)),
+]
+
+
+@pytest.mark.parametrize("pipeline, T, a, peak", PTT_CASES)
+def test_ptt_differentiates_at_the_worst_step(pipeline, T, a, peak):
     """PTT: the hypergradient is RAD's on F(x, y_k*), k* = argmax_{t=1..T} F(x, y_t); here
     y_t rises past the target, so F (the negative distance to it) peaks mid-trajectory."""
-    T, a = 8, 0.3
-    x0 = torch.tensor([1.0, 1.2], dtype=D)
-    c = torch.tensor([0.7, 0.8], dtype=D)
-    source = program(
-        data='target = input(fields=["c"])',
-        upper="var x = input()\nobjective = -0.5 * sqdist(w, target.c) + 0.05 * sqnorm(x)\noptimizer = SGD(lr=0.1)",
-        lower=f"var w = zeros(2)\nobjective = 0.5 * sqdist(w, x)\noptimizer = SGD(lr={a})\nsteps = {T}",
-        pipeline="PTT -> RAD")
-    got = build(source, target={"c": c}, x=x0).hypergradient()["x"]
-
-    def F(x, w):
-        return -0.5 * ((w - c) ** 2).sum() + 0.05 * (x ** 2).sum()
-
-    def f(x, w, t):
-        return 0.5 * ((w - x) ** 2).sum()
-
-    x = leaf(x0)
-    values = [F(x0, unroll(f, x, torch.zeros(2, dtype=D), sgd(a), t).detach()).item() for t in range(1, T + 1)]
-    k = 1 + max(range(T), key=values.__getitem__)
-    assert k not in (1, T)                                # the peak is inside the trajectory
-    (expected,) = torch.autograd.grad(F(x, unroll(f, x, torch.zeros(2, dtype=D), sgd(a), k)), x)
-    assert_close(got, expected, rtol=1e-10)
-    (at_T,) = torch.autograd.grad(F(x, unroll(f, x, torch.zeros(2, dtype=D), sgd(a), T)), x)
-    assert not torch.allclose(got, at_T, rtol=1e-3)       # so differentiating at y_T would fail
-
-
-@pytest.mark.parametrize("pipeline", ["PTT -> RAD", "PTT -> RAD(checkpoint=15)", "PTT -> RGT(truncate=16) -> RAD"])
-def test_ptt_on_a_long_trajectory(pipeline):
-    """PTT over 23 steps (chunks of 5, the last of 3): the worst step (14) lies inside the third
-    chunk. With RGT(truncate=16) it lies in the truncated part, where y_k* is a constant and
-    only F's direct dependence on x remains."""
-    T, a = 23, 0.08
     x0 = torch.tensor([1.0, 1.2], dtype=D)
     c = torch.tensor([0.7, 0.8], dtype=D)
     source = program(
@@ -602,10 +581,12 @@ def test_ptt_on_a_long_trajectory(pipeline):
     x = leaf(x0)
     values = [F(x0, unroll(f, x, torch.zeros(2, dtype=D), sgd(a), t).detach()).item() for t in range(1, T + 1)]
     k = 1 + max(range(T), key=values.__getitem__)
-    assert 10 < k < 16
+    assert k in peak                                      # the peak is inside the trajectory
     y_k = unroll(f, x, torch.zeros(2, dtype=D), sgd(a), k)
     (expected,) = torch.autograd.grad(F(x, y_k.detach() if "RGT" in pipeline else y_k), x)
     assert_close(got, expected, rtol=1e-10)
+    (at_T,) = torch.autograd.grad(F(x, unroll(f, x, torch.zeros(2, dtype=D), sgd(a), T)), x)
+    assert not torch.allclose(got, at_T, rtol=1e-3)       # so differentiating at y_T would fail
 
 
 @pytest.mark.parametrize("T", [5, 23])

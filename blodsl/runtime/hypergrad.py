@@ -120,8 +120,8 @@ def chunk_length(plan: Plan, heavy: bool = False) -> int:
 class Sweep:
     """The inner loop in chunks of k.length steps, from the states kept at chunk starts."""
 
-    def __init__(self, plan: Plan, k: Kernels, x, d, ref: torch.Tensor, tasks: int | None):
-        self.plan, self.k, self.x, self.d, self.tasks = plan, k, x, d, tasks
+    def __init__(self, plan: Plan, k: Kernels, x, d, ref: torch.Tensor):
+        self.k, self.x, self.d = k, x, d
         self._alpha_at, self._active = _schedule(plan.steps, k.length, plan.gda, ref.dtype, ref.device)
 
     def chunks(self, start: int, stop: int) -> list[tuple[int, int]]:
@@ -157,7 +157,7 @@ def _schedule(steps: int, c: int, gda, dtype, device):
 def inner_loop(k: Kernels, optimizer, x, y0, d, steps: int, tasks: int | None = None):
     """y_T from y0: the inner optimiser alone (no GDA mixing), in chunks."""
     s0 = vmap(optimizer.init)(y0) if tasks else optimizer.init(y0)
-    sweep = Sweep(Plan(steps=steps, inner_lr=optimizer.lr), k, x, d, trees.leaves(y0)[0], tasks)
+    sweep = Sweep(Plan(steps=steps, inner_lr=optimizer.lr), k, x, d, trees.leaves(y0)[0])
     return sweep.run(y0, s0, 0, steps)[0]
 
 
@@ -166,7 +166,7 @@ def hypergradient(plan: Plan, k: Kernels, optimizer, x, y0, d, tasks: int | None
     batch = Batch(tasks)
     s0 = vmap(optimizer.init)(y0) if tasks else optimizer.init(y0)
     ref = trees.leaves(y0)[0]
-    sweep = Sweep(plan, k, x, d, ref, tasks)
+    sweep = Sweep(plan, k, x, d, ref)
     c, T = k.length, plan.steps
     first = plan.truncate if plan.unrolled else T          # where the differentiated part starts
     every = -(-plan.checkpoint // c) * c if plan.checkpoint else c
