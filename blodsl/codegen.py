@@ -1,6 +1,6 @@
 """Lower a checked program to a readable Python module (`blodsl compile --emit py`).
 
-The module imports torch and blodsl's runtime only. Its `Program` class holds
+The module imports torch and blodsl's runtime only. Its `Problem` class holds
 the data, the two levels and the objectives as plain methods over pytrees;
 each statement carries a `# prog.blo:LINE` comment naming where it came from.
 `build()` turns it into a runtime Pipeline.
@@ -19,7 +19,7 @@ from .rules import references
 
 # Python's precedence for the operators the language shares with it.
 _PRECEDENCE = {"compare": 1, "+": 2, "-": 2, "*": 3, "/": 3, "@": 3, "%": 3, "unary": 4, "**": 5}
-_RESERVED = set(keyword.kwlist) | {"self", "fn", "rt", "torch", "upper", "lower", "data", "Program", "build"}
+_RESERVED = set(keyword.kwlist) | {"self", "fn", "rt", "torch", "upper", "lower", "data", "Problem", "build"}
 
 
 def lit(v) -> str:
@@ -156,7 +156,7 @@ class Emitter:
         self.emit(f"DATA_FOLDER = {lit(self.data_folder)}  # data files are named relative to it")
         self.emit()
         self.emit()
-        self.emit("class Program(rt.Program):")
+        self.emit("class Problem(rt.Problem):")
         self.settings()
         self.load_data()
         self.level(p.upper)
@@ -170,7 +170,7 @@ class Emitter:
         self.emit("def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):")
         self.emit(f'"""The pipeline of {self.file}: `.run()`, `.step()`, `.hypergradient()`."""', 1)
         self.emit("folder = rt.program_folder(DATA_FOLDER, __file__) if folder is None else folder", 1)
-        self.emit("return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__file__), device=device,", 1)
+        self.emit("return rt.Pipeline(Problem(bindings, folder), source=rt.source_of(__file__), device=device,", 1)
         self.emit("                   dtype=dtype, compile=compile, seed=seed)", 1)
         return "\n".join(self.lines) + "\n"
 

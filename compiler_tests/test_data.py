@@ -107,6 +107,6 @@ lower {
 hypergradient = RAD
 """)
     pipeline = blodsl.compile(tmp_path / "p.blo", compile=False)
-    assert pipeline.program.sizes == {"train.n": 30, "train.features": 3, "train.classes": 2,
+    assert pipeline.problem.sizes == {"train.n": 30, "train.features": 3, "train.classes": 2,
                                       "val.n": 30, "val.features": 3, "val.classes": 2}
     assert pipeline.hypergradient()["log_decay"].abs() > 0

@@ -741,7 +741,7 @@ def test_task_batch_iad_and_foa_equal_the_mean_of_per_task_gradients():
     results = {}
     for pipeline in ("IAD", "FOA -> IAD"):
         built = build(SINUSOID.replace("{pipeline}", pipeline))
-        (batch,) = built._data(built.program.data_used, built.steps_done).values()
+        (batch,) = built._data(built.problem.data_used, built.steps_done).values()
         meta = {k.removeprefix("meta."): v.clone() for k, v in built.upper.items()}
         got = built.hypergradient()
         expected = maml_reference(meta, batch, first_order=pipeline != "IAD")
@@ -781,7 +781,7 @@ def test_task_batch_terminals_with_a_scalar_lower_variable(pipeline):
     FD eta * l * dF/dc (exact: grad_c0 f is linear in c), IGA its ratio; the batch's
     hypergradient is the mean of the per-task ones."""
     built = build(scalar_tasks_program(pipeline))
-    (batch,) = built._data(built.program.data_used, built.steps_done).values()
+    (batch,) = built._data(built.problem.data_used, built.steps_done).values()
     got = built.hypergradient()["c0"]
 
     sy, qy = batch["support_y"].flatten(1), batch["query_y"].flatten(1)      # tasks x points
@@ -805,7 +805,7 @@ def test_task_batch_ptt_picks_each_tasks_worst_step(pipeline):
     built = build(scalar_tasks_program(pipeline)
                   .replace("objective = mean((tasks.query_y - c) ** 2)", "objective = -mean((tasks.query_y - c) ** 2)")
                   .replace("(c - c0) ** 2", "(c - c0) ** 2 + 0.1 * c ** 4"))
-    (batch,) = built._data(built.program.data_used, built.steps_done).values()
+    (batch,) = built._data(built.problem.data_used, built.steps_done).values()
     got = built.hypergradient()["c0"]
 
     worst, total = [], 0.0

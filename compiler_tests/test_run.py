@@ -109,7 +109,7 @@ def test_overrides_change_the_program_and_recheck_it(in_root):
 def test_compile_writes_a_module_and_will_not_clobber_other_files(in_root, tmp_path):
     out = tmp_path / "prog_blo.py"
     assert run_cli("compile", "programs/ridge_regression.blo", "-o", str(out))[0] == 0
-    assert "class Program(rt.Program):" in out.read_text()
+    assert "class Problem(rt.Problem):" in out.read_text()
     assert run_cli("compile", "programs/ridge_regression.blo", "-o", str(out))[0] == 0  # its own output: fine
     mine = tmp_path / "notes.py"
     mine.write_text("print('my code')\n")
@@ -149,7 +149,7 @@ def test_python_api(in_root):
     seen = []
     final = p.run(outer_steps=3, callback=seen.append)
     assert [r["step"] for r in seen] == [1, 2, 3] and final["step"] == 3 and "val_mse" in final
-    assert "class Program(rt.Program):" in p.source
+    assert "class Problem(rt.Problem):" in p.source
 
 
 def test_source_text_and_state_dict_round_trip(in_root):

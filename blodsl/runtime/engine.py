@@ -15,7 +15,7 @@ from . import trees
 from .data import DataError, TaskSource
 from .hypergrad import HEAVY_STEP, Plan, chunk_length, hypergradient, inner_loop, solver
 from .kernels import make_kernels
-from .program import BuildError, Level, Program
+from .problem import BuildError, Level, Problem
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -40,25 +40,25 @@ def resolve_device(name: str) -> torch.device:
 class Pipeline:
     """One program, built: `.step()`, `.run()`, `.hypergradient()`, `.upper`, `.lower`."""
 
-    def __init__(self, program: Program, source: str = "", device: str | None = None,
+    def __init__(self, problem: Problem, source: str = "", device: str | None = None,
                  dtype: str | None = None, compile: bool = True, seed: int | None = None):
-        self.program, self.source = program, source
-        self.device = resolve_device(device or program.device)
-        self.dtype = DTYPES[dtype or program.dtype]
-        self.seed = program.seed if seed is None else seed
+        self.problem, self.source = problem, source
+        self.device = resolve_device(device or problem.device)
+        self.dtype = DTYPES[dtype or problem.dtype]
+        self.seed = problem.seed if seed is None else seed
         torch.manual_seed(self.seed)
 
         try:
-            self.sources = program.load_data()
+            self.sources = problem.load_data()
         except (BuildError, DataError):
             raise
         except Exception as e:  # a file the loader could not parse
             raise DataError(f"cannot load the data: {type(e).__name__}: {e}") from e
-        program.sizes = Sizes({f"{name}.{k}": v for name, src in self.sources.items() for k, v in src.sizes.items()})
+        problem.sizes = Sizes({f"{name}.{k}": v for name, src in self.sources.items() for k, v in src.sizes.items()})
         self.tables = {name: src.to(self.device, self.dtype).fields
                        for name, src in self.sources.items() if not isinstance(src, TaskSource)}
-        upper, lower = program.upper_level(), program.lower_level()
-        program.modules = {name: m.to(device=self.device, dtype=self.dtype)
+        upper, lower = problem.upper_level(), problem.lower_level()
+        problem.modules = {name: m.to(device=self.device, dtype=self.dtype)
                            for name, m in {**upper.models, **lower.models}.items()}
         self.upper_decl, self.lower_decl = upper, lower
         generator = torch.Generator().manual_seed(self.seed)
@@ -67,11 +67,11 @@ class Pipeline:
         self.initial_upper, self.initial_lower = trees.clone(self.x), trees.clone(self.y)
 
         self.inner = lower.optimizer
-        self.plan = Plan.of(program.pipeline, lower.steps, self.inner.lr)
-        task_sets = [n for n in program.data_used if isinstance(self.sources[n], TaskSource)]
+        self.plan = Plan.of(problem.pipeline, lower.steps, self.inner.lr)
+        task_sets = [n for n in problem.data_used if isinstance(self.sources[n], TaskSource)]
         self.tasks = self.sources[task_sets[0]].tasks if task_sets else None
-        self.task_dims = self._task_dims(program.data_used) if self.tasks else None
-        self.kernels = make_kernels(program.lower_objective, program.upper_objective, self.inner,
+        self.task_dims = self._task_dims(problem.data_used) if self.tasks else None
+        self.kernels = make_kernels(problem.lower_objective, problem.upper_objective, self.inner,
                                     gda=self.plan.gda is not None, chunk=chunk_length(self.plan, self._heavy_steps()), ptt=self.plan.ptt,
                                     solver=solver(self.plan), task_dims=self.task_dims, compile=compile)
         self.outer_optimizer = self._optimizer(upper.optimizer, trees.leaves(self.x))
@@ -85,11 +85,11 @@ class Pipeline:
 
     def _check_objectives(self):
         """Each objective is one number (per task): found here, not deep inside a transform."""
-        d = self._data(self.program.data_used, 0)
+        d = self._data(self.problem.data_used, 0)
         y0 = self._start_point(self.x, self.tasks)
         dims = (None, 0 if self.tasks else None, self.task_dims)
         for level in ("upper", "lower"):
-            objective = getattr(self.program, f"{level}_objective")
+            objective = getattr(self.problem, f"{level}_objective")
             value = vmap(objective, in_dims=dims)(self.x, y0, d) if self.tasks else objective(self.x, y0, d)
             shape = tuple(value.shape)[1:] if self.tasks else tuple(value.shape)
             if shape != ():
@@ -122,7 +122,7 @@ class Pipeline:
         launch-bound, so there chunks always pay)."""
         if self.device.type != "cpu":
             return False
-        fields = [t for name in self.program.lower_data for t in self._fields(name, 0).values()]
+        fields = [t for name in self.problem.lower_data for t in self._fields(name, 0).values()]
         return sum(t.numel() for t in fields if torch.is_tensor(t)) >= HEAVY_STEP
 
     def _task_dims(self, names):
@@ -167,7 +167,7 @@ class Pipeline:
         return trees.flat_names(self.y)
 
     def _hypergradient(self):
-        d = self._data(self.program.data_used, self.steps_done)
+        d = self._data(self.problem.data_used, self.steps_done)
         result = hypergradient(self.plan, self.kernels, self.inner, self.x, self._start_point(self.x, self.tasks),
                                d, self.tasks, seed=self._step_seed())
         if self.lower_decl.start == "from" and result.start_grad is not None:
@@ -204,15 +204,15 @@ class Pipeline:
         """The program's metrics at the current state (or at the given variables)."""
         x = self.x if upper is None else upper
         y = self.y if lower is None else lower
-        return {name: _plain(self._measure(getattr(self.program, f"metric_{name}"), x, y, spec))
-                for name, spec in self.program.metrics.items()}
+        return {name: _plain(self._measure(getattr(self.problem, f"metric_{name}"), x, y, spec))
+                for name, spec in self.problem.metrics.items()}
 
     def _measure(self, fn, x, y, spec: MetricSpec):
         """fn(x, y, data) on the metric's data (rebound datasets swapped in). The lower level
         is trained again first when it starts from the upper level or its data was swapped."""
         rebind = spec.rebind
-        readapt = self.lower_decl.start == "from" or bool(set(rebind) & set(self.program.lower_data))
-        needed = set(spec.datasets) | (set(self.program.lower_data) if readapt else set())
+        readapt = self.lower_decl.start == "from" or bool(set(rebind) & set(self.problem.lower_data))
+        needed = set(spec.datasets) | (set(self.problem.lower_data) if readapt else set())
         data = {n: self._fields(rebind.get(n, n), 0) for n in needed}
         with self._sizes_rebound(rebind):
             if readapt:
@@ -225,11 +225,11 @@ class Pipeline:
 
     def _adapt(self, x, data, y, rebind):
         """The lower level trained from its start on `data` (eagerly: evaluation sizes vary)."""
-        lower_data = self.program.lower_data
+        lower_data = self.problem.lower_data
         tasks = [n for n in lower_data if isinstance(self.sources[rebind.get(n, n)], TaskSource)]
         batch = len(next(iter(data[tasks[0]].values()))) if tasks else None
         dims = {n: {f: 0 if n in tasks else None for f in data[n]} for n in lower_data}
-        k = make_kernels(self.program.lower_objective, self.program.upper_objective, self.inner,
+        k = make_kernels(self.problem.lower_objective, self.problem.upper_objective, self.inner,
                          gda=False, chunk=1, task_dims=dims if batch else None, compile=False)
         if self.lower_decl.start != "warm":
             y = self._start_point(x, batch)
@@ -238,7 +238,7 @@ class Pipeline:
     @contextlib.contextmanager
     def _sizes_rebound(self, rebind: dict[str, str]):
         """`val.n` means the swapped-in dataset's n while a `with val = test` metric runs."""
-        sizes = self.program.sizes
+        sizes = self.problem.sizes
         saved = dict(sizes)
         for old, new in rebind.items():
             sizes.update({f"{old}.{k}": v for k, v in self.sources[new].sizes.items()})
@@ -250,11 +250,11 @@ class Pipeline:
 
     def run(self, outer_steps: int | None = None, callback: Callable[[dict], None] | None = None) -> dict:
         """`outer_steps` outer iterations; metrics every eval_every steps and at the end."""
-        total = self.program.outer_steps if outer_steps is None else outer_steps
+        total = self.problem.outer_steps if outer_steps is None else outer_steps
         record: dict = {}
         for i in range(total):
             record = self.step()
-            if (i + 1) % self.program.eval_every == 0 or i + 1 == total:
+            if (i + 1) % self.problem.eval_every == 0 or i + 1 == total:
                 record.update(self.evaluate())
             if callback is not None:
                 callback(record)
@@ -263,7 +263,7 @@ class Pipeline:
     def compare(self) -> dict | None:
         """The program's `baseline`: metrics with the upper level held fixed (the best grid
         point by upper objective, with the values it held), or None if none is declared."""
-        grid = self.program.baseline
+        grid = self.problem.baseline
         if grid is None:
             return None
         points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
@@ -279,14 +279,14 @@ class Pipeline:
         y = trees.clone(self.initial_lower)
         if self.lower_decl.start != "from":
             # as many inner loops as the run made (or will make)
-            rounds = (self.steps_done or self.program.outer_steps) if self.lower_decl.start == "warm" else 1
+            rounds = (self.steps_done or self.problem.outer_steps) if self.lower_decl.start == "warm" else 1
             for r in range(rounds):
-                y = inner_loop(self.kernels, self.inner, x, y, self._data(self.program.data_used, r),
+                y = inner_loop(self.kernels, self.inner, x, y, self._data(self.problem.data_used, r),
                                self.lower_decl.steps)
         y = trees.detach(y)
         metrics = self.evaluate(upper=x, lower=y)
-        whole = MetricSpec(datasets=tuple(self.program.data_used))
-        metrics["upper_objective"] = _plain(self._measure(self.program.upper_objective, x, y, whole))
+        whole = MetricSpec(datasets=tuple(self.problem.data_used))
+        metrics["upper_objective"] = _plain(self._measure(self.problem.upper_objective, x, y, whole))
         return metrics
 
     # --- saving and restoring ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from blodsl.runtime import functions as fn
 DATA_FOLDER = "programs"  # data files are named relative to it
 
 
-class Program(rt.Program):
+class Problem(rt.Problem):
     source = "hyper_cleaning.blo"
     pipeline = [rt.Op("NGD"), rt.Op("RAD", checkpoint=0)]  # hyper_cleaning.blo:33
     data_used = ["train", "val"]
@@ -76,5 +76,5 @@ class Program(rt.Program):
 def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):
     """The pipeline of hyper_cleaning.blo: `.run()`, `.step()`, `.hypergradient()`."""
     folder = rt.program_folder(DATA_FOLDER, __file__) if folder is None else folder
-    return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__file__), device=device,
+    return rt.Pipeline(Problem(bindings, folder), source=rt.source_of(__file__), device=device,
                        dtype=dtype, compile=compile, seed=seed)

@@ -11,7 +11,7 @@ from blodsl.runtime import functions as fn
 DATA_FOLDER = "programs"  # data files are named relative to it
 
 
-class Program(rt.Program):
+class Problem(rt.Problem):
     source = "ridge_regression.blo"
     pipeline = [rt.Op("NGD"), rt.Op("NS", k=50, alpha=0.1)]  # ridge_regression.blo:26
     data_used = ["train", "val"]
@@ -69,5 +69,5 @@ class Program(rt.Program):
 def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):
     """The pipeline of ridge_regression.blo: `.run()`, `.step()`, `.hypergradient()`."""
     folder = rt.program_folder(DATA_FOLDER, __file__) if folder is None else folder
-    return rt.Pipeline(Program(bindings, folder), source=rt.source_of(__file__), device=device,
+    return rt.Pipeline(Problem(bindings, folder), source=rt.source_of(__file__), device=device,
                        dtype=dtype, compile=compile, seed=seed)

@@ -1,6 +1,6 @@
-"""What a generated module declares, and the base class its `Program` extends.
+"""What a generated module declares, and the base class its `Problem` extends.
 
-A generated module subclasses `Program`: it loads the data, declares each
+A generated module subclasses `Problem`: it loads the data, declares each
 level (variables, models, optimiser) and writes the objectives and metrics as
 methods over pytrees `upper`, `lower` and `data`. The engine does the rest.
 """
@@ -80,8 +80,8 @@ class Level:
     start_from: str | None = None    # the upper name the lower level starts from
 
 
-class Program:
-    """Base of every generated program; the engine fills `sizes`, `bindings` and `folder`."""
+class Problem:
+    """Base of every generated problem; the engine fills `sizes`, `bindings` and `folder`."""
 
     source: str = ""
     pipeline_text: str = ""
