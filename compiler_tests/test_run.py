@@ -136,7 +136,7 @@ def test_a_written_module_finds_the_programs_data_files_from_anywhere(tmp_path, 
     assert run_cli("compile", "project/p.blo", "-o", "generated/p_blo.py")[0] == 0
     monkeypatch.chdir(tmp_path / "elsewhere")
     module = import_file(tmp_path / "generated" / "p_blo.py")
-    assert module.build(compile=False).program.sizes["train.n"] == 20
+    assert module.build(compile=False).problem.sizes["train.n"] == 20
 
 
 def test_python_api(in_root):
