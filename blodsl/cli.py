@@ -148,12 +148,12 @@ def _run(args, program: ir.Program) -> int:
     from .runner import run
     from .runtime import BuildError
     from .runtime.data import DataError
-    from .runtime.hypergrad import NotSupported
+    from .runtime.operators import RunError
 
     try:
         run(program, outer_steps=args.outer_steps, device=args.device, dtype=args.dtype, seed=args.seed,
             compile=not args.no_compile, out=out, as_json=args.json, baseline=not args.no_baseline)
-    except (BuildError, DataError, NotSupported) as e:
+    except (BuildError, DataError, RunError) as e:
         line = _lines(program).get(getattr(e, "where", None), (None,))[0]
         print(f"{program.path}{f':{line}' if line else ''}: error: {e}", file=sys.stderr)
         return EXIT_INVALID

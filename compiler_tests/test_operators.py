@@ -18,7 +18,8 @@ import torch.nn.functional as nnf
 from torch.utils._pytree import tree_map
 
 import blodsl
-from blodsl.runtime.hypergrad import Batch, conjugate_gradient, neumann
+from blodsl.runtime.operators import Batch
+from blodsl.runtime.operators.solvers import conjugate_gradient, neumann
 
 D = torch.float64
 

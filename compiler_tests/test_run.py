@@ -79,10 +79,6 @@ def test_invalid_programs_and_unbuildable_ones_exit_1(in_root, tmp_path):
     assert status == 1 and "PTT cannot come after RAD" in err
     status, _, err = run_cli("run", "programs/embedded.blo", "--no-compile")
     assert status == 1 and "'train' is declared as input()" in err
-    dm = tmp_path / "dm.blo"
-    dm.write_text(program(steps="steps = 1", hypergradient="hypergradient = DM -> RAD"))
-    status, _, err = run_cli("run", str(dm), "--no-compile")
-    assert status == 1 and "DM (the dual-multiplier method) passes `blodsl check`, but the engine does not" in err
 
 
 def test_a_failing_objective_is_blamed_on_its_line(tmp_path):

@@ -1,7 +1,7 @@
 """blodsl's runtime: what generated programs import. Imports torch."""
 
 from . import data, functions, inner, layers
-from .engine import MetricSpec, Pipeline
+from .pipeline import MetricSpec, Pipeline
 from .problem import Bound, BuildError, Init, Level, Op, Problem, program_folder, source_of
 
 __all__ = ["data", "functions", "inner", "layers", "MetricSpec", "Pipeline", "Bound", "BuildError", "Init",

@@ -1,9 +1,16 @@
-"""A built pipeline: the state of both levels and the outer loop over it."""
+"""A built pipeline: the state of both levels and the outer loop over it.
+
+The trainer lowers the program's operators to a plan (blodsl.runtime.operators),
+builds the plan's method and its kernels, and runs outer steps: it asks the method
+for the step's outcome, steps the upper optimiser along its direction, and takes
+the method's lower variables and auxiliary state. It knows no operator by name.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Callable
@@ -13,11 +20,14 @@ from torch.func import vmap
 
 from . import trees
 from .data import DataError, TaskSource
-from .hypergrad import HEAVY_STEP, Plan, chunk_length, hypergradient, inner_loop, solver
-from .kernels import make_kernels
+from .kernels import Objectives, compile_kernels
+from .operators import Batch, Context, Plan
+from .operators import lower as lower_plan
+from .operators.trajectory import inner_loop, trajectory_kernels
 from .problem import BuildError, Level, Problem
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+HEAVY_STEP = 2**20   # data elements an inner step reads beyond which one compiled call's overhead is noise
 
 
 @dataclass(frozen=True)
@@ -67,19 +77,25 @@ class Pipeline:
         self.initial_upper, self.initial_lower = trees.clone(self.x), trees.clone(self.y)
 
         self.inner = lower.optimizer
-        self.plan = Plan.of(problem.pipeline, lower.steps, self.inner.lr)
+        plan = lower_plan([(op.name, op.params) for op in problem.pipeline], lower.steps, self.inner.lr)
+        if self._heavy_steps():   # a CPU step this heavy gains nothing from chunks, and they cost compile time
+            plan = dataclasses.replace(plan, chunk=1)
+        self.plan = plan
         task_sets = [n for n in problem.data_used if isinstance(self.sources[n], TaskSource)]
         self.tasks = self.sources[task_sets[0]].tasks if task_sets else None
         self.task_dims = self._task_dims(problem.data_used) if self.tasks else None
-        self.kernels = make_kernels(problem.lower_objective, problem.upper_objective, self.inner,
-                                    gda=self.plan.gda is not None, chunk=chunk_length(self.plan, self._heavy_steps()), ptt=self.plan.ptt,
-                                    solver=solver(self.plan), task_dims=self.task_dims, compile=compile)
+        self.objectives = Objectives(problem.lower_objective, problem.upper_objective, self.inner)
+        self.method = plan.method(plan)
+        self.compile = compile
+        self.kernels = compile_kernels(self.method.kernels(self.objectives), self.task_dims, compile)
         self.outer_optimizer = self._optimizer(upper.optimizer, trees.leaves(self.x))
         self.start = None
-        if self.plan.di_lr is not None:       # DI learns the lower level's starting point
+        if plan.learned_start is not None:       # DI learns the lower level's starting point
             self.start = trees.clone(self.y)
             name, args = upper.optimizer
-            self.start_optimizer = self._optimizer((name, {**args, "lr": self.plan.di_lr}), trees.leaves(self.start))
+            self.start_optimizer = self._optimizer((name, {**args, "lr": plan.learned_start}),
+                                                   trees.leaves(self.start))
+        self.state = self.method.init_state(self.y)
         self.steps_done = 0
         self._check_objectives()
 
@@ -166,39 +182,45 @@ class Pipeline:
     def lower(self) -> dict[str, torch.Tensor]:
         return trees.flat_names(self.y)
 
-    def _hypergradient(self):
-        d = self._data(self.problem.data_used, self.steps_done)
-        result = hypergradient(self.plan, self.kernels, self.inner, self.x, self._start_point(self.x, self.tasks),
-                               d, self.tasks, seed=self._step_seed())
-        if self.lower_decl.start == "from" and result.start_grad is not None:
-            # IAD: the upper model is the lower level's start, so dF/dy0 is part of its gradient
+    def _context(self) -> Context:
+        return Context(self.kernels, self.inner, Batch(self.tasks), seed=self._step_seed(),
+                       lower_size=sum(t[0].numel() if self.tasks and t.dim() else t.numel()
+                                      for t in trees.leaves(self.y)))
+
+    def _outcome(self, ctx: Context, d):
+        out = self.method.outcome(ctx, self.x, self._start_point(self.x, self.tasks), self.state, d, self.steps_done)
+        if self.lower_decl.start == "from" and out.start_grad is not None:
+            # the upper model is the lower level's start, so dF/dy0 is part of its gradient
             (name,) = list(self.y)
             source = self.lower_decl.start_from
-            through = result.start_grad[name]
-            if self.tasks:
-                through = trees.tree_map(lambda t: t.sum(0), through)   # the tasks' shares of the mean
-            result.upper_grad[source] = trees.add(result.upper_grad[source], through)
-        return result
+            through = ctx.batch.total(out.start_grad[name])   # the tasks' shares of the mean
+            out.upper_grad[source] = trees.add(out.upper_grad[source], through)
+        return out
 
     def hypergradient(self) -> dict[str, torch.Tensor]:
-        """dF/dx at the current state, by name; changes nothing."""
-        return trees.flat_names(self._hypergradient().upper_grad)
+        """dF/dx at the current state (the direction the upper optimiser is handed), by name;
+        changes nothing."""
+        return trees.flat_names(self._outcome(self._context(), self._data(self.problem.data_used,
+                                                                          self.steps_done)).upper_grad)
 
     def step(self) -> dict[str, float]:
         """One outer iteration; returns the objectives it saw."""
-        result = self._hypergradient()
-        for p, g in zip(trees.leaves(self.x), trees.leaves(result.upper_grad)):
+        ctx, d = self._context(), self._data(self.problem.data_used, self.steps_done)
+        out = self._outcome(ctx, d)
+        for p, g in zip(trees.leaves(self.x), trees.leaves(out.upper_grad)):
             p.grad = g
-        self.outer_optimizer.step()
+        with _scaled_lr(self.outer_optimizer, self.method.upper_lr_scale(self.steps_done)):
+            self.outer_optimizer.step()
         if self.start is not None:
-            for p, g in zip(trees.leaves(self.start), trees.leaves(result.start_grad)):
+            for p, g in zip(trees.leaves(self.start), trees.leaves(out.start_grad)):
                 p.grad = g
             self.start_optimizer.step()
-        self.y = trees.detach(result.lower)
+        self.state = trees.detach(out.state)
+        self.y = trees.detach(self.method.after_upper_step(ctx, self.x, out, d, self.steps_done))
         self.steps_done += 1
-        norm = torch.sqrt(sum((g * g).sum() for g in trees.leaves(result.upper_grad)))
-        return {"step": self.steps_done, "upper_objective": result.upper_loss.item(),
-                "lower_objective": result.lower_loss.item(), "hypergradient_norm": norm.item()}
+        norm = torch.sqrt(sum((g * g).sum() for g in trees.leaves(out.upper_grad)))
+        return {"step": self.steps_done, "upper_objective": out.upper_loss.item(),
+                "lower_objective": out.lower_loss.item(), "hypergradient_norm": norm.item()}
 
     def evaluate(self, upper: dict | None = None, lower: dict | None = None) -> dict[str, object]:
         """The program's metrics at the current state (or at the given variables)."""
@@ -229,11 +251,18 @@ class Pipeline:
         tasks = [n for n in lower_data if isinstance(self.sources[rebind.get(n, n)], TaskSource)]
         batch = len(next(iter(data[tasks[0]].values()))) if tasks else None
         dims = {n: {f: 0 if n in tasks else None for f in data[n]} for n in lower_data}
-        k = make_kernels(self.problem.lower_objective, self.problem.upper_objective, self.inner,
-                         gda=False, chunk=1, task_dims=dims if batch else None, compile=False)
+        k = self._training_kernels(1, dims if batch else None, compile=False)
         if self.lower_decl.start != "warm":
             y = self._start_point(x, batch)
-        return inner_loop(k, self.inner, x, y, {n: data[n] for n in lower_data}, self.lower_decl.steps, batch)
+        return inner_loop(k, self.inner, x, y, {n: data[n] for n in lower_data}, self.lower_decl.steps, 1, batch)
+
+    def _training_kernels(self, chunk: int, task_dims=None, compile: bool = False):
+        """The lower optimiser's plain inner loop, for baselines and re-adapting metrics. The
+        pipeline's own chunk kernel serves when it has one (GDA's mixing is off at a = 0)."""
+        if chunk == self.plan.chunk and task_dims is self.task_dims and hasattr(self.kernels, "chunk"):
+            return self.kernels
+        plan = Plan(steps=self.lower_decl.steps, chunk=chunk)
+        return compile_kernels(trajectory_kernels(self.objectives, plan, reverse=False), task_dims, compile)
 
     @contextlib.contextmanager
     def _sizes_rebound(self, rebind: dict[str, str]):
@@ -280,9 +309,10 @@ class Pipeline:
         if self.lower_decl.start != "from":
             # as many inner loops as the run made (or will make)
             rounds = (self.steps_done or self.problem.outer_steps) if self.lower_decl.start == "warm" else 1
+            kernels = self._training_kernels(self.plan.chunk, self.task_dims, self.compile)
             for r in range(rounds):
-                y = inner_loop(self.kernels, self.inner, x, y, self._data(self.problem.data_used, r),
-                               self.lower_decl.steps)
+                y = inner_loop(kernels, self.inner, x, y, self._data(self.problem.data_used, r),
+                               self.lower_decl.steps, self.plan.chunk)
         y = trees.detach(y)
         metrics = self.evaluate(upper=x, lower=y)
         whole = MetricSpec(datasets=tuple(self.problem.data_used))
@@ -293,14 +323,16 @@ class Pipeline:
 
     def state_dict(self) -> dict:
         state = {"upper": trees.clone(self.upper), "lower": trees.clone(self.lower),
-                 "outer_optimizer": copy.deepcopy(self.outer_optimizer.state_dict()), "steps_done": self.steps_done}
+                 "outer_optimizer": copy.deepcopy(self.outer_optimizer.state_dict()), "steps_done": self.steps_done,
+                 "method": trees.clone(self.state)}
         if self.start is not None:
             state["start"] = trees.clone(trees.flat_names(self.start))
             state["start_optimizer"] = copy.deepcopy(self.start_optimizer.state_dict())
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        for mine, saved in ((self.upper, state["upper"]), (self.lower, state["lower"])):
+        for mine, saved in ((self.upper, state["upper"]), (self.lower, state["lower"]),
+                            (self.state, state.get("method", {}))):
             missing = set(mine) ^ set(saved)
             if missing:
                 raise BuildError(f"the saved state does not match this program: {', '.join(sorted(missing))}")
@@ -310,6 +342,7 @@ class Pipeline:
         # the lower level may carry a task dimension after a step: take it as saved
         self.y = trees.by_name(self.y, {k: v.to(self.device) for k, v in state["lower"].items()})
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+        self.state = trees.tree_map(lambda t: t.to(self.device), state.get("method", {}))
         if self.start is not None and "start" in state:
             with torch.no_grad():
                 for name, t in trees.flat_names(self.start).items():
@@ -325,6 +358,22 @@ class Sizes(dict):
         dataset, _, size = key.partition(".")
         why = " (its targets are not class labels)" if size == "classes" else ""
         raise DataError(f"dataset '{dataset}' has no size '{size}'{why}")
+
+
+@contextlib.contextmanager
+def _scaled_lr(optimizer: torch.optim.Optimizer, factor: float):
+    """The optimiser's learning rates times `factor` for one step (a method's schedule)."""
+    if factor == 1.0:
+        yield
+        return
+    saved = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * factor
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved):
+            group["lr"] = lr
 
 
 def _reset(module: torch.nn.Module) -> torch.nn.Module:
