@@ -17,44 +17,10 @@ import torch
 import torch.nn.functional as nnf
 from torch.utils._pytree import tree_map
 
-import blodsl
 from blodsl.runtime.operators import Batch
 from blodsl.runtime.operators.solvers import conjugate_gradient, neumann
 
-D = torch.float64
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-
-def program(data: str, upper: str, lower: str, pipeline: str) -> str:
-    """A .blo program from the bodies of its blocks (one statement per line)."""
-
-    def block(name, body):
-        lines = "\n".join("    " + line.strip() for line in body.strip().splitlines())
-        return f"{name} {{\n{lines}\n}}\n"
-
-    return block("data", data) + block("upper", upper) + block("lower", lower) + f"hypergradient = {pipeline}\n"
-
-
-def build(source: str, **bindings):
-    return blodsl.compile(source, bindings=bindings, compile=False, dtype="float64", seed=0)
-
-
-def randn(*shape, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
-
-
-def spd(eigenvalues, seed: int) -> torch.Tensor:
-    """A symmetric positive definite matrix with the given spectrum."""
-    q, _ = torch.linalg.qr(randn(len(eigenvalues), len(eigenvalues), seed=seed))
-    return q @ torch.diag(torch.tensor(eigenvalues, dtype=D)) @ q.T
-
-
-def assert_close(actual, expected, rtol=1e-10):
-    """Relative agreement, with the absolute slack scaled by the size of `expected`."""
-    assert torch.isfinite(actual).all(), actual
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+from oracles import D, assert_close, build, program, randn, spd
 
 
 def series(M: torch.Tensor, k: int) -> torch.Tensor:
@@ -772,6 +738,8 @@ SCALAR_TERMINALS = {
         (1 - 0.1 * (2 + SCALAR_LAM)) ** i for i in range(5)),
     "IAD -> FD(r=0.01)": lambda v, g, c, c0: SCALAR_LR * SCALAR_LAM * v,
     "IAD -> IGA": lambda v, g, c, c0: -(v * g) / (g * g) * -SCALAR_LAM * (c - c0),
+    # a rank-1 sketch of a 1 x 1 Hessian is exact: q = v / (H + rho)
+    "IAD -> NYSTROM(rank=1, rho=0.3)": lambda v, g, c, c0: SCALAR_LAM / (2 + SCALAR_LAM + 0.3) * v,
 }
 
 
