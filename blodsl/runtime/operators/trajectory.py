@@ -24,7 +24,7 @@ from torch.func import grad, vjp, vmap
 
 from .. import trees
 from ..kernels import Kernel, Objectives, masked
-from .method import Batch, Context, Method, Outcome
+from .method import Context, Method, Outcome
 from .registry import Plan, register
 
 # --- the modifiers: each adds to the plan what it means --------------------------------------
