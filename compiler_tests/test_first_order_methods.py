@@ -10,6 +10,7 @@ forms), never by blodsl. x and y have the same size, so GAFFO's `start = from(x)
 import pytest
 import torch
 
+import blodsl
 from oracles import D, assert_close, build, program, randn, spd
 
 N, RHO, BETA, UPPER_LR, STEPS = 3, 0.3, 0.2, 0.1, 4
@@ -270,3 +271,22 @@ def test_a_restored_state_continues_exactly(pipeline, shape):
     for name, tree in a.state_dict()["method"].items():
         assert not torch.equal(tree["y"], saved["method"][name]["y"])       # the state moved
         assert torch.equal(tree["y"], b.state_dict()["method"][name]["y"])
+
+
+@pytest.mark.parametrize("pipeline, shape", METHODS)
+def test_compiled_float32_agrees_with_eager(pipeline, shape):
+    """Each method compiled (its own kernels through torch.compile) in float32 takes the same
+    two outer steps as eagerly, auxiliary state included, to float32 round-off."""
+    q, (x, y) = quad(), start()
+    y = torch.linalg.solve(q["A"], q["B"] @ x + q["b"]) + 0.3 * y
+    source = quad_program(pipeline, upper_extra=" + 0.1 * sum(x * y)", steps=1 if shape else STEPS,
+                          start="start = from(x)" if shape == "from" else "")
+    runs = [blodsl.compile(source, bindings=dict(quad=q, x=x, y=y), compile=compiled, dtype="float32", seed=0)
+            for compiled in (True, False)]
+    for run in runs:
+        for _ in range(2):
+            run.step()
+    compiled, eager = (r.state_dict() for r in runs)
+    assert compiled["upper"]["x"].dtype == torch.float32
+    for part in ("upper", "lower", "method"):
+        torch.testing.assert_close(compiled[part], eager[part], rtol=1e-5, atol=1e-6)
