@@ -41,15 +41,19 @@ def test_generated_module_is_pinned(path, in_root):
 
 @pytest.mark.parametrize("path", PROGRAMS, ids=[p.stem for p in PROGRAMS])
 def test_generated_module_trains(path, in_root):
-    """Imported from its file, build() gives a pipeline whose steps move the upper level."""
+    """Imported from its file, build() gives a pipeline whose steps move the upper level (a
+    first-order method such as VFO may hold it still for its first steps)."""
     module = import_file(GOLDEN / f"{path.stem}.py")
     bindings = embedded_bindings() if path.stem == "embedded" else None
     pipeline = module.build(bindings=bindings, compile=False, device="cpu")
     assert pipeline.source == (GOLDEN / f"{path.stem}.py").read_text()
     before = {k: v.clone() for k, v in pipeline.upper.items()}
-    for _ in range(2):
+    for _ in range(5):
         record = pipeline.step()
-    assert math.isfinite(record["upper_objective"]) and record["hypergradient_norm"] > 0
+        assert math.isfinite(record["upper_objective"])
+        if record["hypergradient_norm"] > 0 and pipeline.steps_done >= 2:
+            break
+    assert record["hypergradient_norm"] > 0
     assert any(not torch.equal(before[k], v) for k, v in pipeline.upper.items())
     for value in pipeline.evaluate().values():
         assert all(math.isfinite(v) for v in (value if isinstance(value, list) else [value]))

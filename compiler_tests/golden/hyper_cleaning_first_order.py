@@ -1,0 +1,80 @@
+"""hyper_cleaning_first_order.blo, compiled by blodsl 0.1.0: `VFO(u1=0.1, y_hat_lr=0.5, y_hat_steps=20)`.
+
+Regenerate with `blodsl compile programs/hyper_cleaning_first_order.blo -o FILE`; edits here are lost.
+"""
+
+import torch
+
+from blodsl import runtime as rt
+from blodsl.runtime import functions as fn
+
+DATA_FOLDER = "programs"  # data files are named relative to it
+
+
+class Problem(rt.Problem):
+    source = "hyper_cleaning_first_order.blo"
+    pipeline = [rt.Op("VFO", u1=0.1, y_hat_lr=0.5, y_hat_steps=20)]  # hyper_cleaning_first_order.blo:37
+    data_used = ["train", "val"]
+    lower_data = ["train"]
+    metrics = {
+        "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",)),  # hyper_cleaning_first_order.blo:44
+        "flagged_f1": rt.MetricSpec(rebind={}, datasets=("train",)),  # hyper_cleaning_first_order.blo:45
+    }
+    outer_steps, eval_every, seed = 100, 10, 0
+    baseline = {}  # upper values held fixed for comparison ({}: initial)
+    device, dtype = "auto", "float32"
+
+    def load_data(self):
+        train, val, test = rt.data.digits(split=[0.5, 0.2, 0.3], label_noise=0.45, seed=0)  # hyper_cleaning_first_order.blo:20
+        return {"train": train, "val": val, "test": test}
+
+    def upper_level(self):
+        return rt.Level(  # hyper_cleaning_first_order.blo:23
+            variables={
+                "w": rt.Init("zeros", (self.sizes["train.n"],)),  # hyper_cleaning_first_order.blo:24
+            },
+            models={},
+            optimizer=("Adam", {"lr": 0.1}),  # hyper_cleaning_first_order.blo:26
+        )
+
+    def lower_level(self):
+        return rt.Level(  # hyper_cleaning_first_order.blo:29
+            variables={},
+            models={
+                "net": rt.layers.Linear(self.sizes["train.features"], self.sizes["train.classes"]),  # hyper_cleaning_first_order.blo:30
+            },
+            optimizer=rt.inner.SGD(lr=0.5, momentum=0.0, weight_decay=0.0, nesterov=False),  # hyper_cleaning_first_order.blo:32
+            steps=20, start="warm",  # hyper_cleaning_first_order.blo:34
+        )
+
+    def upper_objective(self, upper, lower, data):
+        # hyper_cleaning_first_order.blo:25  cross_entropy(net(val.x), val.y)
+        val = data["val"]
+        net = self.model("net", lower["net"])
+        return fn.cross_entropy(net(val["x"]), val["y"])
+
+    def lower_objective(self, upper, lower, data):
+        # hyper_cleaning_first_order.blo:31  mean(sigmoid(w) * cross_entropy(net(train.x), train.y, reduction="none"))
+        train = data["train"]
+        net = self.model("net", lower["net"])
+        w = upper["w"]
+        return fn.mean(fn.sigmoid(w) * fn.cross_entropy(net(train["x"]), train["y"], reduction="none"))
+
+    def metric_test_accuracy(self, upper, lower, data):
+        # hyper_cleaning_first_order.blo:44  accuracy(net(test.x), test.y)
+        test = data["test"]
+        net = self.model("net", lower["net"])
+        return fn.accuracy(net(test["x"]), test["y"])
+
+    def metric_flagged_f1(self, upper, lower, data):
+        # hyper_cleaning_first_order.blo:45  f1(sigmoid(w) < 0.5, train.noisy)
+        train = data["train"]
+        w = upper["w"]
+        return fn.f1(fn.sigmoid(w) < 0.5, train["noisy"])
+
+
+def build(bindings=None, device=None, dtype=None, compile=True, seed=None, folder=None):
+    """The pipeline of hyper_cleaning_first_order.blo: `.run()`, `.step()`, `.hypergradient()`."""
+    folder = rt.program_folder(DATA_FOLDER, __file__) if folder is None else folder
+    return rt.Pipeline(Problem(bindings, folder), source=rt.source_of(__file__), device=device,
+                       dtype=dtype, compile=compile, seed=seed)
