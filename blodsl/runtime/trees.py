@@ -53,20 +53,6 @@ def clone(tree):
     return tree_map(lambda t: t.detach().clone(), tree)
 
 
-def flatten(tree) -> torch.Tensor:
-    """All leaves as one vector (for the Nystrom sketch)."""
-    return torch.cat([t.reshape(-1) for t in leaves(tree)])
-
-
-def unflatten(vector: torch.Tensor, like):
-    parts, spec = pytree.tree_flatten(like)
-    out, i = [], 0
-    for t in parts:
-        out.append(vector[i:i + t.numel()].view_as(t))
-        i += t.numel()
-    return pytree.tree_unflatten(out, spec)
-
-
 def flat_names(tree, prefix: str = "") -> dict[str, torch.Tensor]:
     """{'net': {'weight': W}} -> {'net.weight': W}: the names users see."""
     out = {}

@@ -62,7 +62,7 @@ class Plan:
                              + (" (1 on a CPU when a step reads 2^20 data elements or more)" if self.chunk > 1 else ""))
             lines.append(f"reverse   {method.keeps(self)}")
             state = method.state_names(self)
-            lines.append(f"state     {', '.join(state) if state else 'none'} (carried across outer steps)")
+            lines.append(f"state     {', '.join(state) + ', carried across outer steps' if state else 'none'}")
         return "\n".join(lines)
 
 
