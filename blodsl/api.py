@@ -10,9 +10,9 @@ import types
 from pathlib import Path
 
 from . import ir
-from .codegen import generate
 from .frontend import check_file, check_source
-from .diagnostics import Source
+from .lowering.codegen import generate
+from .syntax.source import Source
 
 _counter = itertools.count()
 

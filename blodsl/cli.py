@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from . import __version__, ir
-from .ast import dump
-from .diagnostics import BloError, render_all
 from .frontend import check_file
+from .syntax.ast import dump
+from .syntax.diagnostics import BloError, render_all
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -102,7 +102,7 @@ def _compile(args, checked) -> int:
     elif emit == "ir":
         text = checked.program.model_dump_json(indent=2) + "\n"
     else:
-        from .codegen import generate
+        from .lowering.codegen import generate
 
         text = generate(checked.program, Path(args.output).parent if args.output else None)
     if not args.output:
@@ -131,7 +131,7 @@ def _is_generated(path: Path) -> bool:
 
 
 def _run(args, program: ir.Program) -> int:
-    from .overrides import OverrideError, apply
+    from .semantics.settings import OverrideError, apply
 
     try:
         program = apply(program, args.overrides)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import ast, ir
-from .diagnostics import Diagnostic, Source
-from .parser import decode, parse
-from .resolve import check
+from . import ir
+from .semantics.resolve import check
+from .syntax import ast
+from .syntax.diagnostics import Diagnostic
+from .syntax.parser import decode, parse
+from .syntax.source import Source
 
 
 @dataclass

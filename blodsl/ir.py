@@ -74,7 +74,7 @@ class Apply(Node):
 
 
 class Call(Node):
-    """A built-in function (blodsl.builtins.FUNCTIONS or METRICS)."""
+    """A built-in function (blodsl.catalogue.builtins.FUNCTIONS or METRICS)."""
     kind: Literal["call"] = "call"
     fn: str
     args: list[Expr]
@@ -256,6 +256,19 @@ def nodes(tree):
     if isinstance(tree, (list, tuple)):
         for item in tree:
             yield from nodes(item)
+
+
+def references(expr) -> set[tuple[str, str]]:
+    """(level or 'data', name) of every variable, model and dataset an expression uses."""
+    found = set()
+    for node in nodes(expr):
+        if isinstance(node, (VarRef, ModelRef)):
+            found.add((node.level, node.name))
+        elif isinstance(node, (ParamRef, Apply)):
+            found.add((node.level, node.model))
+        elif isinstance(node, (DataRef, SizeRef)):
+            found.add(("data", node.dataset))
+    return found
 
 
 for _model in (Apply, Call, UserCall, BinOp, Unary, Compare, ListOf, Index, LayerSpec, Objective, Metric):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import ir
 from .api import load_module
-from .codegen import generate
+from .lowering.codegen import generate
 
 
 def new_folder(root: Path, stem: str) -> Path:

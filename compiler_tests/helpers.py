@@ -1,6 +1,7 @@
 """Building small programs for tests: one valid base, changed line by line."""
 
-from blodsl.diagnostics import BloError, Source
+from blodsl.syntax.diagnostics import BloError
+from blodsl.syntax.source import Source
 from blodsl.frontend import check_source
 
 BASE = """data {

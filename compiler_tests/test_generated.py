@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from blodsl.codegen import generate
+from blodsl.lowering.codegen import generate
 from blodsl.frontend import check_file
 from conftest import GOLDEN, PROGRAMS, ROOT
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from blodsl import ir
-from blodsl.diagnostics import Source
+from blodsl.syntax.source import Source
 from blodsl.frontend import check_source
 from helpers import BASE, check_text, errors_of, program
 

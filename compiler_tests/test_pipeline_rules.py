@@ -124,7 +124,7 @@ def test_rejected(name, text, message):
 
 
 def test_wrong_order_fix_shows_the_canonical_order_and_nothing_is_reordered():
-    from blodsl.diagnostics import BloError
+    from blodsl.syntax.diagnostics import BloError
     text = program(hypergradient="hypergradient = RGT(truncate=3) -> GDA(alpha=0.2) -> DI -> RAD")
     with pytest.raises(BloError) as raised:
         check_text(text)

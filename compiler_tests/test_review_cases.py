@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import blodsl
-from blodsl.codegen import generate
+from blodsl.lowering.codegen import generate
 from blodsl.frontend import check_file
 from conftest import ROOT, run_cli
 from helpers import BASE, META, errors_of, program
@@ -132,7 +132,7 @@ def test_set_checks_values_as_a_program_would(in_root, setting, message):
 
 
 def test_set_lr_moves_the_operator_defaults_that_follow_it(in_root):
-    from blodsl.overrides import apply
+    from blodsl.semantics.settings import apply
 
     p = apply(check_file("programs/ridge_regression.blo").program, ["lower.optimizer.lr=0.05"])
     assert p.pipeline.operators[-1].params == {"k": 50, "alpha": 0.05}

@@ -11,7 +11,7 @@ import torch
 import blodsl
 from blodsl import ir
 from blodsl.frontend import check_file
-from blodsl.overrides import OverrideError, apply
+from blodsl.semantics.settings import OverrideError, apply
 from conftest import ROOT, run_cli
 from helpers import BASE, program
 from test_generated import import_file

@@ -14,8 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from . import __version__, ir
-from .rules import references
+from .. import __version__, ir
 
 # Python's precedence for the operators the language shares with it.
 _PRECEDENCE = {"compare": 1, "+": 2, "-": 2, "*": 3, "/": 3, "@": 3, "%": 3, "unary": 4, "**": 5}
@@ -262,7 +261,7 @@ class Emitter:
         self.emit(f"# {self.file}:{line}  {text}", 2)
         for n in sorted(_datasets(expr)):
             self.emit(f'{self.local(n)} = data["{n}"]', 2)
-        for level, n in sorted(r for r in references(expr) if r[0] != "data"):
+        for level, n in sorted(r for r in ir.references(expr) if r[0] != "data"):
             decl = self.declared(level, n)
             if isinstance(decl, ir.Model):
                 if any(isinstance(e, ir.Apply) and e.model == n for e in ir.nodes(expr)):

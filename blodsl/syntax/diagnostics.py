@@ -15,18 +15,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Span:
-    """1-based line and column of the first character; end_col is one past the last."""
-    line: int
-    col: int
-    end_line: int
-    end_col: int
-
-    @staticmethod
-    def point(line: int, col: int) -> "Span":
-        return Span(line, col, line, col + 1)
+from .source import Source, Span
 
 
 @dataclass
@@ -41,21 +30,10 @@ class Diagnostic:
 class BloError(Exception):
     """A program that is not valid: carries every diagnostic found."""
 
-    def __init__(self, diagnostics: list[Diagnostic], source: "Source"):
+    def __init__(self, diagnostics: list[Diagnostic], source: Source):
         self.diagnostics = diagnostics
         self.source = source
         super().__init__(render_all(diagnostics, source))
-
-
-@dataclass
-class Source:
-    path: str
-    text: str
-
-    def line(self, number: int) -> str:
-        # Only '\n' ends a line, as for the parser (str.splitlines also splits on form feeds).
-        lines = self.text.split("\n")
-        return lines[number - 1].removesuffix("\r") if 0 < number <= len(lines) else ""
 
 
 def suggest(word: str | None, candidates, *, hint: str = "") -> str | None:

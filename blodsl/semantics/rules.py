@@ -7,7 +7,8 @@ A mixin of blodsl.resolve.Resolver; it runs once every part has resolved.
 
 from __future__ import annotations
 
-from . import ast, ir
+from .. import ir
+from ..syntax import ast
 
 
 class ProgramRules:
@@ -16,8 +17,8 @@ class ProgramRules:
         settings = {s.key.text: s for s in blocks["lower"].body if isinstance(s, ast.Setting)}
         upper_settings = {s.key.text: s for s in blocks["upper"].body if isinstance(s, ast.Setting)}
         ops = {w.op.name: w for w in self.written_pipeline}
-        lower_obj = references(lower.objective.expr)
-        upper_obj = references(upper.objective.expr)
+        lower_obj = ir.references(lower.objective.expr)
+        upper_obj = ir.references(upper.objective.expr)
         lower_names = {d.name for d in lower.variables + lower.models}
         upper_names = {d.name for d in upper.variables + upper.models}
 
@@ -111,19 +112,6 @@ class ProgramRules:
                 self.warn(f"dataset '{ds.name}' is never used", self.symbols[ds.name].span,
                           fix="use it in an objective or a metric, or remove it")
 
-
-
-def references(expr) -> set[tuple[str, str]]:
-    """(level or 'data', name) of every variable, model and dataset an expression uses."""
-    found = set()
-    for node in ir.nodes(expr):
-        if isinstance(node, (ir.VarRef, ir.ModelRef)):
-            found.add((node.level, node.name))
-        elif isinstance(node, (ir.ParamRef, ir.Apply)):
-            found.add((node.level, node.model))
-        elif isinstance(node, (ir.DataRef, ir.SizeRef)):
-            found.add(("data", node.dataset))
-    return found
 
 
 def _structure(decl):

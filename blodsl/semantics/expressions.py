@@ -6,11 +6,12 @@ list of problems; this part gives each expression its IR and its kind.
 
 from __future__ import annotations
 
-from . import ast, ir
-from .builtins import DATA_SOURCES, FUNCTIONS, INITIALISERS, LAYERS, METRICS, TAKES_MODEL, TORCH_OPTIMIZERS
-from .diagnostics import suggest
-from .operators import REQUIRED
-from .values import WORDS
+from .. import ir
+from ..catalogue.builtins import DATA_SOURCES, FUNCTIONS, INITIALISERS, LAYERS, METRICS, TAKES_MODEL, TORCH_OPTIMIZERS
+from ..catalogue.operators import REQUIRED
+from ..syntax import ast
+from ..syntax.diagnostics import suggest
+from ..syntax.values import WORDS
 
 
 class ExpressionResolver:

@@ -2,14 +2,14 @@
 
 Nodes are plain dataclasses. Every node carries its source span, kept out of
 equality so tests compare trees, not positions. The tree says what was
-written; what it means is the resolver's job (blodsl.resolve).
+written; what it means is the resolver's job (blodsl.semantics).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
 
-from .diagnostics import Span
+from .source import Span
 
 
 @dataclass

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from . import ast
-from .diagnostics import Diagnostic, Span, suggest
-from .operators import BY_NAME, FIRST_ORDER, REQUIRED, TERMINALS, Operator
-from .values import NotConstant, constant
+from ..catalogue.operators import BY_NAME, FIRST_ORDER, REQUIRED, TERMINALS, Operator
+from ..syntax import ast
+from ..syntax.diagnostics import Diagnostic, suggest
+from ..syntax.source import Span
+from ..syntax.values import NotConstant, constant
 
 
 @dataclass

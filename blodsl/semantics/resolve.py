@@ -12,15 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ast, ir
-from .builtins import (DATA_SOURCES, INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, SEQUENTIAL,
+from .. import ir
+from ..catalogue.builtins import (DATA_SOURCES, INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, SEQUENTIAL,
                        TORCH_OPTIMIZERS, DataSource, Signature, optimizer_arg_problem)
-from .diagnostics import BloError, Diagnostic, Source, Span, suggest
+from ..catalogue.operators import BY_NAME, FIRST_ORDER, FromProgram, REQUIRED
+from ..syntax import ast
+from ..syntax.diagnostics import BloError, Diagnostic, suggest
+from ..syntax.source import Source, Span
+from ..syntax.values import NotConstant, constant
 from .expressions import ExpressionResolver, builtin_kind
-from .operators import BY_NAME, FIRST_ORDER, FromProgram, REQUIRED
 from .pipeline import WrittenOp, canonical_text, check_composition, read_pipeline
 from .rules import ProgramRules
-from .values import NotConstant, constant
 
 BLOCKS = ("data", "upper", "lower", "run")
 LEVEL_SETTINGS = {"upper": ("objective", "optimizer"),

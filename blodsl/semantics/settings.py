@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ast as pyast
 
-from . import ir
-from .builtins import INNER_OPTIMIZERS, TORCH_OPTIMIZERS, optimizer_arg_problem
-from .operators import BY_NAME, FromProgram
+from .. import ir
+from ..catalogue.builtins import INNER_OPTIMIZERS, TORCH_OPTIMIZERS, optimizer_arg_problem
+from ..catalogue.operators import BY_NAME, FromProgram
 
 KEYS = ("lower.steps", "upper.optimizer.ARG", "lower.optimizer.ARG", "run.outer_steps", "run.eval_every",
         "run.seed", "OPERATOR.PARAM (e.g. CG.k)")

@@ -1,7 +1,7 @@
 """The operator catalogue as data (see OPERATORS.md in the project's reference).
 
 Each row says an operator's stage, its parameters (types, ranges, defaults)
-and its composition constraints. blodsl.pipeline is the one checker over
+and its composition constraints. blodsl.semantics.pipeline is the one checker over
 this table; adding an operator is one row here, one lowering in the engine
 and one oracle test.
 """
