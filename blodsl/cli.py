@@ -211,7 +211,7 @@ def summary(program: ir.Program) -> str:
             how += f", {level.steps} step{'s' if level.steps != 1 else ''} per outer step, {start} start"
         lines.append(f"  {level.level:<9} {'; '.join(decls)}")
         lines.append(f"  {'':<9} {how}")
-    lines.append(f"  pipeline  {program.pipeline.text}")
+    lines.append(f"  pipeline  {program.hypergradient.text}")
     run = program.run
     metrics = ", ".join(m.name for m in run.metrics) or "none"
     lines.append(f"  run       {run.outer_steps} outer steps, metrics {metrics} every {run.eval_every}; "

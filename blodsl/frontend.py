@@ -16,7 +16,7 @@ from .syntax.source import Source
 @dataclass
 class Checked:
     source: Source
-    tree: ast.Program
+    tree: ast.File
     program: ir.Program
     warnings: list[Diagnostic] = field(default_factory=list)
 

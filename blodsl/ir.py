@@ -198,7 +198,8 @@ class LevelDecl(Node):
     line: int
 
 
-class Operator(Node):
+class OperatorUse(Node):
+    """One operator of the hypergradient pipeline, as the program uses it."""
     name: str
     stage: str
     params: dict[str, Arg]    # every parameter, defaults filled in
@@ -206,8 +207,9 @@ class Operator(Node):
     line: int
 
 
-class Pipeline(Node):
-    operators: list[Operator]
+class OperatorChain(Node):
+    """The hypergradient pipeline: `hypergradient = PTT -> RAD`."""
+    operators: list[OperatorUse]
     text: str                 # canonical form, e.g. "NGD -> PTT -> RAD"
     line: int
 
@@ -242,7 +244,7 @@ class Program(Node):
     datasets: list[Dataset]
     upper: LevelDecl
     lower: LevelDecl
-    pipeline: Pipeline
+    hypergradient: OperatorChain
     run: Run
 
 

@@ -50,7 +50,7 @@ def test_usage_errors_exit_2():
 
 def test_compile_emits_ast_and_ir(in_root):
     status, out, _ = run_cli("compile", "programs/sinusoid_maml.blo", "--emit", "ast")
-    assert status == 0 and out.startswith("Program")
+    assert status == 0 and out.startswith("File")
     lines = (ROOT / "programs" / "sinusoid_maml.blo").read_text().splitlines()
     learner = 1 + next(i for i, line in enumerate(lines) if "model learner" in line)
     start = 1 + next(i for i, line in enumerate(lines) if "start = from" in line)
@@ -58,7 +58,7 @@ def test_compile_emits_ast_and_ir(in_root):
     status, out, _ = run_cli("compile", "programs/sinusoid_maml.blo", "--emit", "ir")
     program = json.loads(out)
     assert status == 0
-    assert [op["name"] for op in program["pipeline"]["operators"]] == ["NGD", "IAD"]
+    assert [op["name"] for op in program["hypergradient"]["operators"]] == ["NGD", "IAD"]
     assert program["lower"]["start"] == {"mode": "from", "source": "meta", "line": start}
 
 

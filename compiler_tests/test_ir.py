@@ -11,7 +11,7 @@ from helpers import BASE, check_text, errors_of, program
 
 
 def ops(text):
-    return [(op.name, op.params, op.implied) for op in check_text(text).program.pipeline.operators]
+    return [(op.name, op.params, op.implied) for op in check_text(text).program.hypergradient.operators]
 
 
 def test_implied_ngd_is_explicit_in_the_ir():
@@ -31,7 +31,7 @@ def test_defaults_taken_from_the_program():
 
 def test_canonical_text_fills_parameters():
     checked = check_text(program(hypergradient="hypergradient = DI(lr=0.05) -> RGT(truncate=4) -> RAD"))
-    assert checked.program.pipeline.text == "DI(lr=0.05) -> NGD -> RGT(truncate=4) -> RAD"
+    assert checked.program.hypergradient.text == "DI(lr=0.05) -> NGD -> RGT(truncate=4) -> RAD"
 
 
 def test_di_restarts_from_its_learned_value():

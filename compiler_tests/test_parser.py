@@ -18,7 +18,7 @@ from blodsl.syntax.parser import decode, parse
 PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
 
 
-def parse_text(text: str) -> ast.Program:
+def parse_text(text: str) -> ast.File:
     return parse(Source("t.blo", text))
 
 

@@ -135,7 +135,7 @@ def test_set_lr_moves_the_operator_defaults_that_follow_it(in_root):
     from blodsl.semantics.settings import apply
 
     p = apply(check_file("programs/ridge_regression.blo").program, ["lower.optimizer.lr=0.05"])
-    assert p.pipeline.operators[-1].params == {"k": 50, "alpha": 0.05}
+    assert p.hypergradient.operators[-1].params == {"k": 50, "alpha": 0.05}
 
 
 def test_bad_devices_and_diverged_runs(in_root, tmp_path):

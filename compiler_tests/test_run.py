@@ -99,7 +99,7 @@ def test_overrides_change_the_program_and_recheck_it(in_root):
     changed = apply(p, ["lower.steps=25", "RGT.truncate=5", "upper.optimizer.lr=0.5", "run.seed=3"])
     assert changed.lower.steps == 25 and changed.run.seed == 3
     assert changed.upper.optimizer.args["lr"] == 0.5
-    assert [op.params for op in changed.pipeline.operators if op.name == "RGT"] == [{"truncate": 5}]
+    assert [op.params for op in changed.hypergradient.operators if op.name == "RGT"] == [{"truncate": 5}]
     with pytest.raises(OverrideError, match="truncate .20. must stay below lower.steps .10."):
         apply(p, ["lower.steps=10"])
     with pytest.raises(OverrideError, match="the inner Adam has no argument 'momentum'"):

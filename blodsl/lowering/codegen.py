@@ -142,7 +142,7 @@ class Emitter:
 
     def module(self) -> str:
         p = self.p
-        self.emit(f'"""{self.file}, compiled by blodsl {__version__}: `{p.pipeline.text}`.')
+        self.emit(f'"""{self.file}, compiled by blodsl {__version__}: `{p.hypergradient.text}`.')
         self.emit()
         self.emit(f"Regenerate with `blodsl compile {json.dumps(p.path)[1:-1]} -o FILE`; edits here are lost.")
         self.emit('"""')
@@ -177,8 +177,8 @@ class Emitter:
         p, run = self.p, self.p.run
         self.emit(f"source = {lit(self.file)}", 1)
         ops = ", ".join(f"rt.Op({lit(o.name)}{''.join(f', {k}={self.value(v)}' for k, v in o.params.items())})"
-                        for o in p.pipeline.operators)
-        self.emit(f"pipeline = [{ops}]{self.at(p.pipeline.line)}", 1)
+                        for o in p.hypergradient.operators)
+        self.emit(f"pipeline = [{ops}]{self.at(p.hypergradient.line)}", 1)
         used = sorted(_datasets(p.upper.objective.expr) | _datasets(p.lower.objective.expr))
         self.emit(f"data_used = {lit(used)}", 1)
         self.emit(f"lower_data = {lit(sorted(_datasets(p.lower.objective.expr)))}", 1)

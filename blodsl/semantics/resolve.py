@@ -55,11 +55,11 @@ class Symbol:
     decl: object = None       # ir.Dataset, ir.Variable, ir.Model, or the import's reference
 
 
-def check(program: ast.Program, source: Source, base_dir: Path | None = None
+def check(file: ast.File, source: Source, base_dir: Path | None = None
           ) -> tuple[ir.Program, list[Diagnostic]]:
     """The checked program and its warnings, or BloError with every problem found."""
     resolver = Resolver(source, base_dir)
-    result = resolver.program(program)
+    result = resolver.program(file)
     problems = sorted(resolver.problems, key=_position)
     if result is None or any(d.severity == "error" for d in problems):
         raise BloError(problems, source)
@@ -173,7 +173,7 @@ class Resolver(ExpressionResolver, ProgramRules):
 
     # --- the program -----------------------------------------------------------
 
-    def program(self, prog: ast.Program) -> ir.Program | None:
+    def program(self, prog: ast.File) -> ir.Program | None:
         if not prog.items:
             self.error("the program is empty", Span.point(1, 1),
                        fix="a .blo program declares data, an upper and a lower level and a pipeline, "
@@ -248,7 +248,7 @@ class Resolver(ExpressionResolver, ProgramRules):
         lower = self.whole_program(upper, lower, blocks, datasets)
         self.unused(datasets)
         return ir.Program(path=self.source.path, imports=imports, datasets=datasets, upper=upper,
-                              lower=lower, pipeline=pipeline, run=run)
+                              lower=lower, hypergradient=pipeline, run=run)
 
     def import_(self, item: ast.Import, imports: dict[str, str]):
         ref = item.ref.value
@@ -609,7 +609,7 @@ class Resolver(ExpressionResolver, ProgramRules):
 
     # --- the pipeline -------------------------------------------------------------
 
-    def pipeline(self, setting: ast.Setting, lower: ir.LevelDecl | None, lower_block) -> ir.Pipeline | None:
+    def pipeline(self, setting: ast.Setting, lower: ir.LevelDecl | None, lower_block) -> ir.OperatorChain | None:
         written, problems = read_pipeline(setting.value)
         self.problems += problems
         if problems:
@@ -633,10 +633,10 @@ class Resolver(ExpressionResolver, ProgramRules):
                 if isinstance(value, FromProgram):
                     value = self.from_program(value, lower)
                 params[p.name] = value
-            operators.append(ir.Operator(name=name, stage=op.stage, params=params, implied=w is None,
+            operators.append(ir.OperatorUse(name=name, stage=op.stage, params=params, implied=w is None,
                                          line=(w.span if w else setting.span).line))
         text = canonical_text([WrittenOp(BY_NAME[o.name], o.params, setting.span, {}) for o in operators])
-        return ir.Pipeline(operators=operators, text=text, line=setting.span.line)
+        return ir.OperatorChain(operators=operators, text=text, line=setting.span.line)
 
     @staticmethod
     def from_program(default: FromProgram, lower: ir.LevelDecl | None):

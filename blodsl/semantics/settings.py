@@ -40,7 +40,7 @@ def apply(program: ir.Program, assignments: list[str]) -> ir.Program:
         if not eq or not key:
             raise OverrideError(f"--set takes key=value, not {item!r}")
         program = _apply_one(program, key.strip(), parse_value(text.strip()))
-    rgt = next((op for op in program.pipeline.operators if op.name == "RGT"), None)
+    rgt = next((op for op in program.hypergradient.operators if op.name == "RGT"), None)
     if rgt and not 0 < rgt.params["truncate"] < program.lower.steps:
         raise OverrideError(f"RGT's truncate ({rgt.params['truncate']}) must stay below lower.steps "
                             f"({program.lower.steps})")
@@ -71,10 +71,10 @@ def _apply_one(p: ir.Program, key: str, v) -> ir.Program:
         v = _positive_int(key, v, low=0 if parts[1] == "seed" else 1)
         return p.model_copy(update={"run": p.run.model_copy(update={parts[1]: v})})
     if len(parts) == 2 and parts[0] in BY_NAME:
-        ops = list(p.pipeline.operators)
+        ops = list(p.hypergradient.operators)
         found = [i for i, op in enumerate(ops) if op.name == parts[0]]
         if not found:
-            raise OverrideError(f"{key}: the pipeline `{p.pipeline.text}` has no {parts[0]}")
+            raise OverrideError(f"{key}: the pipeline `{p.hypergradient.text}` has no {parts[0]}")
         param = next((q for q in BY_NAME[parts[0]].params if q.name == parts[1]), None)
         if param is None:
             names = ", ".join(q.name for q in BY_NAME[parts[0]].params) or "none"
@@ -84,7 +84,7 @@ def _apply_one(p: ir.Program, key: str, v) -> ir.Program:
             raise OverrideError(f"{key} {problem}, not {v!r}")
         i = found[0]
         ops[i] = ops[i].model_copy(update={"params": {**ops[i].params, parts[1]: v}})
-        return p.model_copy(update={"pipeline": p.pipeline.model_copy(update={"operators": ops})})
+        return p.model_copy(update={"hypergradient": p.hypergradient.model_copy(update={"operators": ops})})
     raise OverrideError(f"unknown setting '{key}'; --set accepts " + ", ".join(KEYS))
 
 
@@ -92,10 +92,10 @@ def _follow_defaults(p: ir.Program, what: str, old, new) -> ir.Program:
     """Operator parameters that default to the inner lr or steps follow a change to it,
     unless the program set them (a value other than the old default)."""
     ops = []
-    for op in p.pipeline.operators:
+    for op in p.hypergradient.operators:
         params = dict(op.params)
         for q in BY_NAME[op.name].params:
             if isinstance(q.default, FromProgram) and q.default.what == what and params.get(q.name) == old:
                 params[q.name] = new
         ops.append(op.model_copy(update={"params": params}))
-    return p.model_copy(update={"pipeline": p.pipeline.model_copy(update={"operators": ops})})
+    return p.model_copy(update={"hypergradient": p.hypergradient.model_copy(update={"operators": ops})})

@@ -151,7 +151,8 @@ class Import(Node):
 
 
 @dataclass
-class Program(Node):
+class File(Node):
+    """A whole .blo file: its imports, blocks and top-level settings, in order."""
     items: list[Import | Block | Statement]
 
 

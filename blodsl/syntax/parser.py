@@ -108,7 +108,7 @@ class ToAst(Transformer):
     """One method per alias in grammar/blo.lark."""
 
     def start(self, meta, items):
-        return ast.Program(items, span=_span(meta) if not meta.empty else Span(1, 1, 1, 1))
+        return ast.File(items, span=_span(meta) if not meta.empty else Span(1, 1, 1, 1))
 
     def import_decl(self, meta, children):
         ref, alias = children
@@ -244,7 +244,7 @@ def _too_deep(tree) -> Diagnostic | None:
     return None
 
 
-def parse(source: Source) -> ast.Program:
+def parse(source: Source) -> ast.File:
     parser, postlex = _lark()
     try:
         tree = parser.parse(source.text)
