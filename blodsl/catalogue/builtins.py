@@ -212,3 +212,22 @@ def optimizer_arg_problem(key: str, v) -> str | None:
             isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in v)
         return None if ok else "must be two numbers in [0, 1), e.g. [0.9, 0.999]"
     return None
+
+
+def builtin_kind(name: str) -> str | None:
+    """What a built-in name is, or None for a name blodsl does not define."""
+    if name in FUNCTIONS:
+        return "function"
+    if name in METRICS:
+        return "metric"
+    if name in LAYERS or name == "Sequential":
+        return "layer"
+    if name in INITIALISERS:
+        return "initialiser"
+    if name in DATA_SOURCES:
+        return "data source"
+    if name in TORCH_OPTIMIZERS:
+        return "optimiser"
+    if name in ("input", "from"):
+        return "keyword"
+    return None

@@ -91,6 +91,7 @@ class Operator:
     params: tuple[Param, ...] = ()
     needs_successor: bool = False
     terminal: bool = False
+    implied: bool = False  # in the pipeline when no operator of its stage (and no first-order method) is written
     excludes: dict[str, str] = field(default_factory=dict)        # other op -> why
     requires: tuple[frozenset[str], str] | None = None             # (any of these, why)
 
@@ -112,7 +113,7 @@ CATALOGUE: tuple[Operator, ...] = (
     Operator("DI", DYNAMICS_MODIFIER, 1, "learns the lower level's initial value too",
              (positive("lr", 0.01),), needs_successor=True,
              excludes={"IAD": "IAD already makes the lower level's initial value the upper-level variable"}),
-    Operator("NGD", DYNAMICS_CORE, 2, "plain inner steps of the lower optimiser"),
+    Operator("NGD", DYNAMICS_CORE, 2, "plain inner steps of the lower optimiser", implied=True),
     Operator("DM", DYNAMICS_CORE, 2, "single-loop dual-multiplier method",
              (positive("v_lr", 0.1), positive("tau", 0.01), positive("p", 100.0),
               Param("mu0", float, 0.9, low=0, low_open=True, high=1, high_open=True),

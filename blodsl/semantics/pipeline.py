@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from ..catalogue.operators import BY_NAME, FIRST_ORDER, REQUIRED, TERMINALS, Operator
+from .. import ir
+from ..catalogue.operators import BY_NAME, FIRST_ORDER, REQUIRED, TERMINALS, FromProgram, Operator
 from ..syntax import ast
 from ..syntax.diagnostics import Diagnostic, suggest
 from ..syntax.source import Span
 from ..syntax.values import NotConstant, constant
+from .scope import Scope
 
 
 @dataclass
@@ -53,10 +55,6 @@ def rule_graphs() -> tuple[nx.DiGraph, nx.MultiDiGraph]:
     return precedes, constraints
 
 
-def canonical_text(ops: list[WrittenOp]) -> str:
-    return " -> ".join(_op_text(w.op.name, w.args) for w in ops)
-
-
 def _op_text(name: str, args: dict) -> str:
     op = BY_NAME.get(name)
     quiet = {p.name for p in op.params if p.quiet and args.get(p.name) == p.default} if op else set()
@@ -70,6 +68,14 @@ def _value_text(v) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)
+
+
+def written_pipeline(scope: Scope, expr: ast.Expr) -> list[WrittenOp] | None:
+    """The operators as written, or None when a name, an argument or the composition is wrong."""
+    ops, problems = read_pipeline(expr)
+    problems = problems or check_composition(ops)
+    scope.problems += problems
+    return None if problems else ops
 
 
 def read_pipeline(expr: ast.Expr) -> tuple[list[WrittenOp], list[Diagnostic]]:
@@ -223,3 +229,28 @@ def check_composition(ops: list[WrittenOp]) -> list[Diagnostic]:
                                        fix=f"add {options}" if len(any_of) == 1
                                        else f"use {options} as the hypergradient operator"))
     return problems
+
+
+def operator_chain(written: list[WrittenOp], lower: ir.LevelDecl, line: int) -> ir.OperatorChain:
+    """The pipeline as the IR holds it: implied operators added, every parameter
+    explicit, defaults that follow the program (the inner lr, the steps) filled in."""
+    rows = [w.op for w in written]
+    for row in BY_NAME.values():
+        if row.implied and not any(r.stage == row.stage or r.stage == FIRST_ORDER for r in rows):
+            at = next((i for i, r in enumerate(rows) if (r.rank or 0) > row.rank), len(rows))
+            rows.insert(at, row)
+    uses = []
+    for row in rows:
+        w = next((w for w in written if w.op is row), None)
+        params = {}
+        for p in row.params:
+            value = w.args.get(p.name, p.default) if w else p.default
+            params[p.name] = _from_program(value, lower) if isinstance(value, FromProgram) else value
+        uses.append(ir.OperatorUse(name=row.name, stage=row.stage, params=params, implied=w is None,
+                                   line=w.span.line if w else line))
+    text = " -> ".join(_op_text(u.name, u.params) for u in uses)
+    return ir.OperatorChain(operators=uses, text=text, line=line)
+
+
+def _from_program(default: FromProgram, lower: ir.LevelDecl):
+    return lower.optimizer.args["lr"] if default.what == "inner_lr" else lower.steps
