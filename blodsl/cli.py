@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, ir
+from .catalogue.params import RUN
 from .frontend import check_file
 from .syntax.ast import dump
 from .syntax.diagnostics import BloError, render_all
@@ -54,9 +55,10 @@ def _arguments() -> argparse.ArgumentParser:
 
 
 def _device(text: str) -> str:
-    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"unknown device '{text}': use auto, cpu, cuda or cuda:N")
+    """--device is checked by the row of the run block's `device`."""
+    if RUN["device"].problem(text):
+        raise argparse.ArgumentTypeError(f"unknown device '{text}': use {RUN['device'].describe()}")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

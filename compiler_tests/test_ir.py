@@ -162,3 +162,25 @@ def test_expression_errors(line, message):
         assert "the lower objective does not depend" not in " ".join(errors)
     else:
         assert message in errors
+
+
+def test_keyword_arguments_are_constants_checked_by_their_rows():
+    text = program(**{"model net": "model net = Sequential(Conv2d(1, 4, 3, stride=2, bias=False), Flatten(), "
+                                   "Linear(36, train.classes))"},
+                   objective='objective = mean(sigmoid(w) * cross_entropy(net(train.x), train.y, reduction="none"), '
+                             'dim=[0])')
+    lower = check_text(text).program.lower
+    conv = lower.models[0].spec.args[0]
+    assert (conv.name, conv.kwargs) == ("Conv2d", {"stride": 2, "bias": False})
+    assert lower.objective.expr.kwargs == {"dim": ir.ListOf(items=[ir.Const(value=0)])}
+
+
+@pytest.mark.parametrize("source,message", [
+    ("digits(split=[0.5, 0.2, 0.3], label_noise=1.5)", "digits' label_noise must be a fraction in [0, 1), not 1.5"),
+    ("digits(split=[0.5, 0.6, 0.3])", "digits' split must be a list of positive fractions that add up to at most 1"),
+    ("digits(split=[0.5, 0.2, 0.3], seed=-1)", "digits' seed must be an integer >= 0, not -1"),
+    ("digits(split=[0.5, 0.2, 0.3], standardize=1)", "digits' standardize must be True or False, not 1"),
+])
+def test_data_source_arguments_are_checked_by_their_rows(source, message):
+    errors = errors_of(BASE.replace("digits(split=[0.5, 0.2, 0.3], label_noise=0.4)", source))
+    assert any(e.startswith(message) for e in errors), errors

@@ -7,7 +7,7 @@ from ..catalogue.builtins import DATA_SOURCES, INPUT, DataSource
 from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from .calls import check_call
-from .scope import NO_VALUE, Scope, Symbol
+from .scope import Scope, Symbol
 
 
 class DataBlock:
@@ -48,16 +48,7 @@ class DataBlock:
         kwargs = check_call(self.scope, source.signature, value)
         if kwargs is None:
             return []
-        args: dict[str, object] = {}
-        for key, expr in kwargs.items():
-            v = self.scope.const(expr, f"{source.signature.name}'s {key}") if isinstance(expr, ast.Node) else expr
-            if v is NO_VALUE:
-                return []
-            problem = _data_arg_problem(key, v)
-            if problem:
-                self.scope.error(f"{key} {problem}, not {v!r}", expr.span if isinstance(expr, ast.Node) else value.span)
-                return []
-            args[key] = v
+        args = kwargs
         path = None
         if source.path_arg:
             path = self.data_path(value.args[0])
@@ -101,15 +92,7 @@ class DataBlock:
             self.scope.error("an input dataset is bound whole from Python and is not split", names[1].span,
                              fix="declare one input per name")
             return []
-        fields = ["x", "y"]
-        if "fields" in kwargs:
-            fields = self.scope.const(kwargs["fields"], "input's fields")
-            if fields is NO_VALUE:
-                return []
-            if not (isinstance(fields, list) and fields and all(isinstance(f, str) and f.isidentifier()
-                                                                for f in fields)):
-                self.scope.error("fields must be a list of names, e.g. fields=[\"x\", \"y\"]", kwargs["fields"].span)
-                return []
+        fields = kwargs.get("fields", ["x", "y"])
         ds = ir.Dataset(name=names[0].text, source="input", args={"fields": fields}, fields=fields,
                         sizes=["n", "features", "classes"], line=names[0].span.line)
         self.scope.declare(names[0], Symbol("dataset", names[0].span, decl=ds))
@@ -124,26 +107,3 @@ class DataBlock:
                              fix="paths are relative to the folder of the .blo file")
             return None
         return expr.value
-
-
-def _data_arg_problem(key: str, v) -> str | None:
-    number = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if key == "split":
-        if not (isinstance(v, list) and v and all(isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0
-                                                  for p in v) and sum(v) <= 1 + 1e-9):
-            return "must be a list of positive fractions that add up to at most 1"
-    elif key == "label_noise":
-        if not (number and 0 <= v < 1):
-            return "must be a fraction in [0, 1)"
-    elif key in ("seed",):
-        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
-            return "must be an integer >= 0"
-    elif key in ("batch", "n", "features", "informative", "classes", "tasks", "shots", "queries"):
-        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-            return "must be an integer >= 1"
-    elif key in ("amplitude", "phase", "x_range"):
-        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(p, (int, float)) for p in v) and v[0] <= v[1]):
-            return "must be a range [low, high]"
-    elif key in ("noise", "separation") and not (number and v >= 0):
-        return "must be a number >= 0"
-    return None

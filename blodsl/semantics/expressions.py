@@ -12,7 +12,7 @@ from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from ..syntax.values import WORDS
 from .calls import check_call
-from .scope import NO_VALUE, Scope
+from .scope import Scope
 
 
 class Expressions:
@@ -188,15 +188,7 @@ class Expressions:
                 self.scope.error("mix's candidates are a list: mix(logits, [a(x), b(x)])", a.span)
                 return None
             args.append(resolved[0])
-        kw = {}
-        for key, v in kwargs.items():
-            if isinstance(v, ast.Node):
-                c = self.scope.const(v, f"{name}'s {key}")
-                if c is NO_VALUE:
-                    return None
-                v = c
-            kw[key] = ir.Const(value=v)
-        return ir.Call(fn=name, args=args, kwargs=kw), "tensor"
+        return ir.Call(fn=name, args=args, kwargs={k: _constant(v) for k, v in kwargs.items()}), "tensor"
 
 
 def _builtin_use(name: str, kind: str) -> str | None:
@@ -215,3 +207,9 @@ def _head(e: ast.Expr) -> str:
 def _symbol_words(kind: str) -> str:
     return {"dataset": "dataset", "var": "variable", "metric": "metric"}.get(kind, kind)
 
+
+def _constant(value) -> ir.Expr:
+    """A constant keyword value as an expression: lists (`dim=[0, 1]`) item by item."""
+    if isinstance(value, list):
+        return ir.ListOf(items=[_constant(v) for v in value])
+    return ir.Const(value=value)

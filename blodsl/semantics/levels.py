@@ -4,12 +4,12 @@ the lower level its steps and how it starts."""
 from __future__ import annotations
 
 from .. import ir
-from ..catalogue.builtins import INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, SEQUENTIAL, TORCH_OPTIMIZERS, \
-    optimizer_arg_problem
+from ..catalogue.builtins import INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, SEQUENTIAL, TORCH_OPTIMIZERS
+from ..catalogue.params import STEPS
 from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from .blocks import LEVEL_SETTINGS
-from .calls import check_call
+from .calls import check_call, checked_value
 from .expressions import Expressions
 from .scope import NO_VALUE, Scope, Symbol
 
@@ -63,10 +63,9 @@ class LevelBlock:
         if kwargs is None:
             return None
         shape = [self.dim(a) for a in value.args]
-        args = {k: self.scope.const(v, f"{sig.name}'s {k}") for k, v in kwargs.items()}
-        if any(d is None for d in shape) or NO_VALUE in args.values():
+        if any(d is None for d in shape):
             return None
-        return ir.Variable(name=name, level=self.level, init=sig.name, shape=shape, args=args, line=stmt.span.line)
+        return ir.Variable(name=name, level=self.level, init=sig.name, shape=shape, args=kwargs, line=stmt.span.line)
 
     def dim(self, expr: ast.Expr) -> int | ir.SizeRef | None:
         if isinstance(expr, ast.Number) and isinstance(expr.value, int) and expr.value > 0:
@@ -177,10 +176,7 @@ class LevelBlock:
         steps = start = None
         if self.level == "lower":
             if "steps" in settings:
-                steps = self.scope.const(settings["steps"].value, "steps")
-                if steps is not NO_VALUE and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-                    self.scope.error(f"steps must be an integer >= 1, not {steps!r}", settings["steps"].value.span)
-                    steps = None
+                steps = checked_value(self.scope, STEPS, settings["steps"].value, "steps")
             start = self.start(settings.get("start"))
         if None in (objective, optimizer) or NO_VALUE in (steps, start) or (self.level == "lower" and None in (steps, start)):
             return None
@@ -212,8 +208,9 @@ class LevelBlock:
                 self.scope.error(f"unknown optimiser{f' {name!r}' if name else ''}", value.span,
                                  fix=suggest(name or "", known) or "optimisers: " + ", ".join(known))
             return None
-        args: dict[str, object] = dict(INNER_OPTIMIZERS[name]) if self.level == "lower" else {}
-        allowed = list(INNER_OPTIMIZERS[name]) if self.level == "lower" else TORCH_OPTIMIZERS[name]
+        allowed = known[name]
+        # the inner optimiser's arguments are all explicit in the IR, defaults included
+        args = {key: row.default for key, row in allowed.items()} if self.level == "lower" else {}
         for a in getattr(value, "args", []):
             self.scope.error("optimiser arguments are keyword arguments", a.span, fix=f"write e.g. {name}(lr=0.1)")
             return None
@@ -223,14 +220,9 @@ class LevelBlock:
                 self.scope.error(f"{name} has no argument '{key}'" + (" in an inner loop" if self.level == "lower" else ""),
                                  kw.name.span, fix=suggest(key, allowed) or f"{name} takes: {', '.join(allowed)}")
                 return None
-            v = self.scope.const(kw.value, f"{name}'s {key}")
-            if v is NO_VALUE:
+            args[key] = checked_value(self.scope, allowed[key], kw.value, f"{name}'s {key}")
+            if args[key] is NO_VALUE:
                 return None
-            problem = optimizer_arg_problem(key, v)
-            if problem:
-                self.scope.error(f"{name}'s {key} {problem}, not {v!r}", kw.value.span)
-                return None
-            args[key] = float(v) if key == "lr" else v
         return ir.Optimizer(name=name, args=args, line=setting.span.line)
 
     def start(self, setting: ast.Setting | None):

@@ -18,10 +18,10 @@ import networkx as nx
 from .. import ir
 from ..catalogue.operators import BY_NAME, FIRST_ORDER, REQUIRED, TERMINALS, FromProgram, Operator
 from ..syntax import ast
-from ..syntax.diagnostics import Diagnostic, suggest
+from ..syntax.diagnostics import Diagnostic, possessive, suggest
 from ..syntax.source import Span
-from ..syntax.values import NotConstant, constant
-from .scope import Scope
+from .calls import checked_value
+from .scope import NO_VALUE, Scope
 
 
 @dataclass
@@ -72,77 +72,55 @@ def _value_text(v) -> str:
 
 def written_pipeline(scope: Scope, expr: ast.Expr) -> list[WrittenOp] | None:
     """The operators as written, or None when a name, an argument or the composition is wrong."""
-    ops, problems = read_pipeline(expr)
-    problems = problems or check_composition(ops)
-    scope.problems += problems
-    return None if problems else ops
-
-
-def read_pipeline(expr: ast.Expr) -> tuple[list[WrittenOp], list[Diagnostic]]:
-    """Names and arguments of each operator; unknown names and bad arguments are reported."""
+    before = len(scope.problems)
     items = expr.items if isinstance(expr, ast.Chain) else [expr]
-    ops, problems = [], []
-    for item in items:
-        written = _read_op(item, problems)
-        if written:
-            ops.append(written)
-    return ops, problems
+    ops = [w for w in (_read_op(scope, item) for item in items) if w]
+    if len(scope.problems) == before:
+        scope.problems += check_composition(ops)
+    return ops if len(scope.problems) == before else None
 
 
-def _read_op(item: ast.Expr, problems: list[Diagnostic]) -> WrittenOp | None:
+def _read_op(scope: Scope, item: ast.Expr) -> WrittenOp | None:
+    """An operator's name and arguments; unknown names and bad arguments are reported."""
     match item:
         case ast.Name(id=name):
             args_ast, kwargs, name_span = [], [], item.span
         case ast.Call(func=ast.Name(id=name) as func, args=args_ast, kwargs=kwargs):
             name_span = func.span
         case _:
-            problems.append(Diagnostic(
-                "expected an operator name such as RAD or CG(k=10)", item.span,
-                fix="write the pipeline as operators joined by '->', e.g. `hypergradient = PTT -> RAD`"))
+            scope.error("expected an operator name such as RAD or CG(k=10)", item.span,
+                        fix="write the pipeline as operators joined by '->', e.g. `hypergradient = PTT -> RAD`")
             return None
     op = BY_NAME.get(name)
     if op is None:
         hint = "Operator names are upper case." if name.upper() in BY_NAME else ""
-        problems.append(Diagnostic(f"unknown operator '{name}'", name_span,
-                                   fix=suggest(name, BY_NAME, hint=hint)
-                                   or "known operators: " + ", ".join(BY_NAME)))
+        scope.error(f"unknown operator '{name}'", name_span,
+                    fix=suggest(name, BY_NAME, hint=hint) or "known operators: " + ", ".join(BY_NAME))
         return None
     for a in args_ast:
         example = f"{name}({op.params[0].name}=...)" if op.params else name
-        problems.append(Diagnostic(f"{name} takes keyword arguments only", a.span,
-                                   fix=f"name the parameter, e.g. {example}" if op.params
-                                   else f"{name} takes no parameters; write {name}"))
+        scope.error(f"{name} takes keyword arguments only", a.span,
+                    fix=f"name the parameter, e.g. {example}" if op.params else f"{name} takes no parameters; write {name}")
     args, spans = {}, {}
     for kw in kwargs:
         key = kw.name.text
         param = op.param(key)
         if param is None:
             names = [p.name for p in op.params]
-            problems.append(Diagnostic(
-                f"{name} has no parameter '{key}'", kw.name.span,
-                fix=suggest(key, names) or (f"{name} takes: {', '.join(names)}" if names
-                                            else f"{name} takes no parameters")))
-            continue
-        if key in spans:
-            problems.append(Diagnostic(f"parameter '{key}' is given twice", kw.name.span))
-            continue
-        spans[key] = kw.value.span
-        try:  # a choice may be written bare, strategy=s2, or quoted
-            value = constant(kw.value, what=f"{name}'s {key}", words=bool(param.choices))
-        except NotConstant as e:
-            problems.append(e.diagnostic)
-            continue
-        if param.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        why = param.problem(value)
-        if why:
-            problems.append(Diagnostic(f"{name}'s {key} {why}, not {value!r}", kw.value.span))
-            continue
-        args[key] = value
+            scope.error(f"{name} has no parameter '{key}'", kw.name.span,
+                        fix=suggest(key, names) or (f"{name} takes: {', '.join(names)}" if names
+                                                    else f"{name} takes no parameters"))
+        elif key in spans:
+            scope.error(f"parameter '{key}' is given twice", kw.name.span)
+        else:
+            spans[key] = kw.value.span
+            value = checked_value(scope, param, kw.value, f"{possessive(name)} {key}")
+            if value is not NO_VALUE:
+                args[key] = value
     for param in op.params:
         if param.default is REQUIRED and param.name not in spans:
-            problems.append(Diagnostic(f"{name} needs its parameter '{param.name}'", item.span,
-                                       fix=f"write {name}({param.name}=...), {param.name} being {param.describe()}"))
+            scope.error(f"{name} needs its parameter '{param.name}'", item.span,
+                        fix=f"write {name}({param.name}=...), {param.name} being {param.describe()}")
     ordered = {p.name: args[p.name] for p in op.params if p.name in args}
     return WrittenOp(op, ordered, item.span, spans)
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 from .. import ir
 from ..syntax import ast
 from ..syntax.diagnostics import suggest
+from ..catalogue.params import RUN, Param
 from .blocks import RUN_SETTINGS
+from .calls import checked_value
 from .expressions import Expressions
 from .scope import NO_VALUE, Scope
+
+
+_GRID = Param("grid", list, words="a non-empty list of numbers")  # the values a baseline holds a variable at
 
 
 class RunBlock:
@@ -16,7 +21,7 @@ class RunBlock:
         self.expressions = expressions
 
     def resolve(self, block: ast.Block | None) -> ir.Run | None:
-        values = {"outer_steps": 100, "eval_every": None, "seed": 0, "device": "auto", "dtype": "float32"}
+        values = {key: row.default for key, row in RUN.items()}
         metrics: list[ir.Metric] = []
         seen: dict[str, ast.Setting] = {}
         ok = True
@@ -42,14 +47,8 @@ class RunBlock:
                     values["baseline"] = self.baseline(stmt.value)
                     ok &= values["baseline"] is not None
                     continue
-                v = self.scope.const(stmt.value, key, words=key in ("device", "dtype"))
-                problem = _run_setting_problem(key, v) if v is not NO_VALUE else "is not a constant"
-                if problem:
-                    if v is not NO_VALUE:
-                        self.scope.error(f"{key} {problem}, not {v!r}", stmt.value.span)
-                    ok = False
-                    continue
-                values[key] = v
+                values[key] = checked_value(self.scope, RUN[key], stmt.value, key)
+                ok &= values[key] is not NO_VALUE
             else:
                 self.scope.error("the run block holds settings and `metric name = ...` declarations", stmt.span)
                 ok = False
@@ -75,14 +74,10 @@ class RunBlock:
             if sym is None or sym.kind != "var" or sym.level != "upper":
                 self.scope.error(f"'{kw.name.text}' is not an upper-level variable", kw.name.span, fix=usage)
                 return None
-            v = self.scope.const(kw.value, f"the grid of {kw.name.text}")
-            if v is NO_VALUE:
+            values = checked_value(self.scope, _GRID, kw.value, f"the grid of {kw.name.text}")
+            if values is NO_VALUE:
                 return None
-            if not (isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                       for x in v)):
-                self.scope.error("a grid is a non-empty list of numbers", kw.value.span, fix=usage)
-                return None
-            grid[kw.name.text] = [float(x) for x in v]
+            grid[kw.name.text] = [float(x) for x in values]
         return ir.Baseline(grid=grid)
 
     def metric(self, stmt: ast.Declaration) -> ir.Metric | None:
@@ -104,17 +99,3 @@ class RunBlock:
             return None
         return ir.Metric(name=stmt.name.text, expr=resolved[0], text=self.scope.text_of(stmt.value.span),
                          rebind=rebind, line=stmt.span.line)
-
-
-def _run_setting_problem(key: str, v) -> str | None:
-    if key in ("outer_steps", "eval_every"):
-        return None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else "must be an integer >= 1"
-    if key == "seed":
-        return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else "must be an integer >= 0"
-    if key == "device":
-        ok = isinstance(v, str) and (v in ("auto", "cpu", "cuda") or
-                                     (v.startswith("cuda:") and v[5:].isdigit()))
-        return None if ok else "must be auto, cpu, cuda or cuda:N"
-    if key == "dtype":
-        return None if v in ("float32", "float64") else "must be float32 or float64"
-    return None

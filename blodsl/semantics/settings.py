@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast as pyast
 
 from .. import ir
-from ..catalogue.builtins import INNER_OPTIMIZERS, TORCH_OPTIMIZERS, optimizer_arg_problem
+from ..catalogue.builtins import INNER_OPTIMIZERS, TORCH_OPTIMIZERS
 from ..catalogue.operators import BY_NAME, FromProgram
 
 KEYS = ("lower.steps", "upper.optimizer.ARG", "lower.optimizer.ARG", "run.outer_steps", "run.eval_every",
@@ -59,7 +59,7 @@ def _apply_one(p: ir.Program, key: str, v) -> ir.Program:
         if parts[2] not in allowed:
             raise OverrideError(f"{key}: {'the inner ' if parts[0] == 'lower' else ''}{name} has no argument "
                                 f"'{parts[2]}'; it has " + ", ".join(allowed))
-        problem = optimizer_arg_problem(parts[2], v)
+        problem = allowed[parts[2]].problem(v)
         if problem:
             raise OverrideError(f"{key} {problem}, not {v!r}")
         opt = level.optimizer.model_copy(update={"args": {**level.optimizer.args, parts[2]: v}})

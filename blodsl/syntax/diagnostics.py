@@ -48,6 +48,11 @@ def suggest(word: str | None, candidates, *, hint: str = "") -> str | None:
     return f"did you mean '{close[0]}'?" + (f" {hint}" if hint else "")
 
 
+def possessive(name: str) -> str:
+    """digits' split, CG's k."""
+    return f"{name}'" if name.endswith("s") else f"{name}'s"
+
+
 MAX_WIDTH = 120  # longer source lines are shown as a window around the caret
 
 
