@@ -17,7 +17,8 @@ lower {
     var w = zeros(train.features)
     objective = mean((train.x @ w - train.y) ** 2) + sum((w - v) ** 2)
     optimizer = SGD(lr=0.1)
-    steps = 5
+    steps = 1
+    start = from(v)
 }
 hypergradient = GAFFO(lambda=0.5)
 """
@@ -96,10 +97,12 @@ REJECTED = [
      "IAD needs upper and lower variables of identical structure"),
     ("IAD without start", program(META, start=None), "IAD learns the lower level's initial value"),
     ("start from without IAD", program(META, hypergradient="hypergradient = RAD"),
-     "only IAD differentiates"),
+     "the lower level starts from an upper-level model, which only IAD or GAFFO learns"),
     ("ALTO with zero gradient", program(hypergradient="hypergradient = ALTO"), "ALTO's hypergradient"),
-    ("GAFFO on different structures", program(hypergradient="hypergradient = GAFFO"),
+    ("GAFFO on different structures", program(hypergradient="hypergradient = GAFFO", after_steps="start = from(w)"),
      "GAFFO needs upper and lower variables of identical structure"),
+    ("GAFFO without start", program(hypergradient="hypergradient = GAFFO"),
+     "GAFFO learns the lower level's initial value, but the lower level does not start from an upper-level model"),
     ("parameter of wrong type", program(hypergradient="hypergradient = CG(k=2.5)"), "CG's k must be an integer >= 1"),
     ("negative checkpoint", program(hypergradient="hypergradient = RAD(checkpoint=-1)"),
      "RAD's checkpoint must be an integer >= 0"),

@@ -1,6 +1,6 @@
-"""The pipeline checker: one NetworkX pass over the operator table.
+"""The pipeline checker: one NetworkX pass over the operator rows.
 
-The table (blodsl.operators) becomes two graphs: `precedes`, whose edges say
+The rows (blodsl.catalogue.operators) become two graphs: `precedes`, whose edges say
 which operator may directly follow which (from the stage order), and
 `constraints`, whose edges carry the excludes/requires rules with their
 reasons. A written pipeline is a path; it is valid when each of its edges is
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import networkx as nx
 
 from .. import ir
-from ..catalogue.operators import BY_NAME, FIRST_ORDER, REQUIRED, TERMINALS, FromProgram, Operator
+from ..catalogue.operators import BY_NAME, ORDER, TERMINALS, Operator
+from ..catalogue.params import REQUIRED, AtRunTime, FromProgram
 from ..syntax import ast
 from ..syntax.diagnostics import Diagnostic, possessive, suggest
 from ..syntax.source import Span
@@ -43,7 +44,7 @@ def rule_graphs() -> tuple[nx.DiGraph, nx.MultiDiGraph]:
     ranked = [op for op in BY_NAME.values() if op.rank is not None]
     for a in ranked:
         for b in ranked:
-            if a.rank < b.rank and not (a.terminal and a.name != "IAD"):
+            if a.rank < b.rank:
                 precedes.add_edge(a.name, b.name)
     for op in BY_NAME.values():
         for other, why in op.excludes.items():
@@ -57,7 +58,7 @@ def rule_graphs() -> tuple[nx.DiGraph, nx.MultiDiGraph]:
 
 def _op_text(name: str, args: dict) -> str:
     op = BY_NAME.get(name)
-    quiet = {p.name for p in op.params if p.quiet and args.get(p.name) == p.default} if op else set()
+    quiet = {p.name for p in op.params if p.quiet and args.get(p.name) == _unwritten(p.default)} if op else set()
     args = {k: v for k, v in args.items() if k not in quiet}
     if not args:
         return name
@@ -133,9 +134,9 @@ def check_composition(ops: list[WrittenOp]) -> list[Diagnostic]:
     names = [w.op.name for w in ops]
     problems: list[Diagnostic] = []
 
-    first_order = [w for w in ops if w.op.stage == FIRST_ORDER]
-    if first_order and len(ops) > 1:
-        lead = first_order[0]
+    whole = [w for w in ops if w.op.whole_pipeline]
+    if whole and len(ops) > 1:
+        lead = whole[0]
         for w in ops:
             if w is not lead:
                 problems.append(Diagnostic(
@@ -172,8 +173,7 @@ def check_composition(ops: list[WrittenOp]) -> list[Diagnostic]:
                 precedes.subgraph(names), key=lambda n: precedes.nodes[n]["rank"]))
             fixed = " -> ".join(_op_text(n, seen[n].args) for n in ordered)
             problems.append(Diagnostic(
-                f"{b.op.name} cannot come after {a.op.name}: operators are written in the order "
-                "dynamics, trajectory modifiers, IAD, then the hypergradient", b.span,
+                f"{b.op.name} cannot come after {a.op.name}: operators are written in the order {ORDER}", b.span,
                 fix=f"write `hypergradient = {fixed}`"))
             break
 
@@ -184,7 +184,7 @@ def check_composition(ops: list[WrittenOp]) -> list[Diagnostic]:
         problems.append(Diagnostic(
             f"{last.op.name} modifies what the next operator differentiates, so it cannot end the pipeline",
             last.span, fix=f"end with a hypergradient operator, e.g. `... -> {last.op.name} -> RAD`"))
-    elif not last.op.terminal and last.op.stage != FIRST_ORDER:
+    elif not last.op.terminal and not last.op.whole_pipeline:
         problems.append(Diagnostic(
             "the pipeline has no hypergradient operator", last.span,
             fix=f"end it with one of {', '.join(TERMINALS)}, e.g. `{last.op.name} -> RAD`"))
@@ -214,7 +214,7 @@ def operator_chain(written: list[WrittenOp], lower: ir.LevelDecl, line: int) -> 
     explicit, defaults that follow the program (the inner lr, the steps) filled in."""
     rows = [w.op for w in written]
     for row in BY_NAME.values():
-        if row.implied and not any(r.stage == row.stage or r.stage == FIRST_ORDER for r in rows):
+        if row.implied and not any(r.stage == row.stage or r.whole_pipeline for r in rows):
             at = next((i for i, r in enumerate(rows) if (r.rank or 0) > row.rank), len(rows))
             rows.insert(at, row)
     uses = []
@@ -223,7 +223,7 @@ def operator_chain(written: list[WrittenOp], lower: ir.LevelDecl, line: int) -> 
         params = {}
         for p in row.params:
             value = w.args.get(p.name, p.default) if w else p.default
-            params[p.name] = _from_program(value, lower) if isinstance(value, FromProgram) else value
+            params[p.name] = _from_program(value, lower) if isinstance(value, FromProgram) else _unwritten(value)
         uses.append(ir.OperatorUse(name=row.name, stage=row.stage, params=params, implied=w is None,
                                    line=w.span.line if w else line))
     text = " -> ".join(_op_text(u.name, u.params) for u in uses)
@@ -232,3 +232,8 @@ def operator_chain(written: list[WrittenOp], lower: ir.LevelDecl, line: int) -> 
 
 def _from_program(default: FromProgram, lower: ir.LevelDecl):
     return lower.optimizer.args["lr"] if default.what == "inner_lr" else lower.steps
+
+
+def _unwritten(default):
+    """What the IR holds for a parameter left at `default`: None where only the runtime knows it."""
+    return None if isinstance(default, AtRunTime) else default

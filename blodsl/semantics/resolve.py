@@ -20,7 +20,7 @@ from .data import DataBlock
 from .expressions import Expressions
 from .levels import LevelBlock
 from .pipeline import operator_chain, written_pipeline
-from .rules import ProgramRules
+from .rules import Program, check_program
 from .run import RunBlock
 from .scope import Scope, Symbol
 
@@ -75,9 +75,7 @@ def _program(scope: Scope, file: ast.File) -> ir.Program | None:
     run = RunBlock(scope, expressions).resolve(blocks.get("run"))
     if None in (upper, lower, written, run) or scope.has_errors():
         return None
-    rules = ProgramRules(scope, written)
-    lower = rules.whole_program(upper, lower, blocks, datasets)
-    rules.unused(datasets)
+    lower = check_program(scope, Program(upper, lower, written, blocks, datasets))
     chain = operator_chain(written, lower, top["hypergradient"].span.line)
     return ir.Program(path=scope.source.path, imports=imports, datasets=datasets, upper=upper, lower=lower,
                       hypergradient=chain, run=run)

@@ -1,124 +1,219 @@
-"""Rules over the whole checked program: which level each objective depends
-on, IAD's and GAFFO's matching structures, DM's single inner step, RGT's
-truncation, DI's restart, and datasets never used.
+"""Rules over the whole program, composed from the attributes of the operator rows.
 
-They run once every part has resolved, over the scope they are given.
+Each rule is a function of one `Program` view (the two levels, the operators as
+written, the settings' places in the source) that reports to the scope; the
+rules run once every part has resolved. None of them tests an operator's name:
+what an operator means to a rule is an attribute of its row.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from .. import ir
+from ..catalogue.operators import TERMINAL, Operator, rows_with
 from ..syntax import ast
+from ..syntax.source import Span
 from .pipeline import WrittenOp
 from .scope import Scope
 
 
-class ProgramRules:
-    def __init__(self, scope: Scope, written_pipeline: list[WrittenOp]):
-        self.scope = scope
-        self.written_pipeline = written_pipeline
+@dataclass
+class Program:
+    """What the rules read: the resolved levels, the operators as written, and where each setting is."""
+    upper: ir.LevelDecl
+    lower: ir.LevelDecl
+    ops: list[WrittenOp]
+    blocks: dict[str, ast.Block]
+    datasets: list[ir.Dataset]
+    upper_reads: set = field(init=False)  # (level or 'data', name) the upper objective reads
+    lower_reads: set = field(init=False)
 
-    def whole_program(self, upper: ir.LevelDecl, lower: ir.LevelDecl, blocks, datasets) -> ir.LevelDecl:
-        """Checks rules across levels and the pipeline; returns the lower level with its start settled."""
-        settings = {s.key.text: s for s in blocks["lower"].body if isinstance(s, ast.Setting)}
-        upper_settings = {s.key.text: s for s in blocks["upper"].body if isinstance(s, ast.Setting)}
-        ops = {w.op.name: w for w in self.written_pipeline}
-        lower_obj = ir.references(lower.objective.expr)
-        upper_obj = ir.references(upper.objective.expr)
-        lower_names = {d.name for d in lower.variables + lower.models}
-        upper_names = {d.name for d in upper.variables + upper.models}
+    def __post_init__(self):
+        self.upper_reads = ir.references(self.upper.objective.expr)
+        self.lower_reads = ir.references(self.lower.objective.expr)
 
-        if not lower_obj & {("lower", n) for n in lower_names}:
-            self.scope.error("the lower objective does not depend on the lower level's variables",
-                             settings["objective"].value.span,
-                             fix=f"use {', '.join(sorted(lower_names))} in it, e.g. apply the model to data")
-        if not upper_obj & {("lower", n) for n in lower_names}:
-            self.scope.error("the upper objective does not depend on the lower level: this is not a bilevel problem",
-                             upper_settings["objective"].value.span,
-                             fix=f"evaluate the lower level's solution, e.g. {_example_apply(lower)}")
-        start_from = lower.start.source if lower.start.mode == "from" else None
-        for decl in upper.variables + upper.models:
-            iad_reports_it = "IAD" in ops and start_from is None
-            if ("upper", decl.name) not in lower_obj | upper_obj and decl.name != start_from and not iad_reports_it:
-                span = self.scope.symbols[decl.name].span
-                self.scope.error(f"upper-level '{decl.name}' is never used: its hypergradient would be identically zero",
-                                 span, fix=f"use {decl.name} in the lower objective (or the upper one), or remove it")
+    def having(self, attribute: str) -> list[WrittenOp]:
+        """The operators of the pipeline whose row has `attribute`, in the order written."""
+        return [w for w in self.ops if getattr(w.op, attribute)]
 
-        if "ALTO" in ops and not upper_obj & {("upper", n) for n in upper_names}:
-            self.scope.error("ALTO's hypergradient is only the direct gradient of the upper objective, which does not "
-                             "depend on the upper variables here: it would be identically zero", ops["ALTO"].span,
-                             fix="use a pipeline that differentiates through the lower level, e.g. RAD or CG")
+    def setting(self, level: str, key: str) -> ast.Setting | None:
+        return next((s for s in self.blocks[level].body if isinstance(s, ast.Setting) and s.key.text == key), None)
 
-        if "IAD" in ops and start_from is None:
-            self.scope.error("IAD learns the lower level's initial value, but the lower level does not start from an "
-                             "upper-level model", ops["IAD"].span,
-                             fix="add `start = from(meta)` to the lower block, naming the upper model it starts from")
-        if start_from is not None:
-            if "IAD" not in ops:
-                self.scope.error("the lower level starts from an upper-level model, which only IAD differentiates",
-                                 settings["start"].value.span,
-                                 fix="add IAD to the pipeline, e.g. `hypergradient = IAD`, or use `start = warm`")
-            else:
-                self.same_structure(upper, lower, [start_from], settings["start"].value.span, "IAD")
-        if "GAFFO" in ops:
-            self.same_structure(upper, lower, sorted(upper_names), ops["GAFFO"].span, "GAFFO")
+    def at(self, level: str, key: str) -> Span:
+        return self.setting(level, key).value.span
 
-        if "DM" in ops and lower.steps != 1:
-            self.scope.error(f"DM is a single-loop method and needs one inner step per outer step, not {lower.steps}",
-                             settings["steps"].value.span, fix="set `steps = 1` in the lower block")
-        if "RGT" in ops:
-            truncate = ops["RGT"].args["truncate"]
-            if truncate >= lower.steps:
-                self.scope.error(f"RGT(truncate={truncate}) must truncate fewer than the {lower.steps} inner steps",
-                                 ops["RGT"].arg_spans["truncate"],
-                                 fix=f"choose truncate between 1 and {lower.steps - 1}, or raise steps")
-        if "DI" in ops:
-            if lower.start.line is not None and lower.start.mode == "warm":
-                self.scope.error("DI learns the lower level's initial value; a warm start would discard it",
-                                 settings["start"].value.span, fix="remove `start = warm` (DI starts from its learned value)")
-            lower = lower.model_copy(update={"start": ir.Start(mode="reinit", line=lower.start.line)})
+    @property
+    def start_from(self) -> str | None:
+        return self.lower.start.source if self.lower.start.mode == "from" else None
 
-        implicit = [op for op in ("CG", "NS", "NYSTROM", "FD", "IGA") if op in ops]
-        trajectory_only = {"FOA": "approximates the derivative through the inner trajectory",
-                           "RGT": "truncates the differentiated inner trajectory",
-                           "DI": "learns the start through the inner trajectory"}
-        for op, what in trajectory_only.items():
-            if implicit and op in ops:
-                self.scope.error(f"{op} {what}, but {implicit[0]} differentiates at the lower solution without "
-                                 f"going through the trajectory: {op} would change nothing", ops[op].span,
-                                 fix=f"remove {op}, or end the pipeline with RAD" + (" (or nothing after IAD)" if op == "FOA" else ""))
-        if implicit and not lower_obj & {("upper", n) for n in upper_names}:
-            op = implicit[0]
-            fix = ("for implicit MAML, anchor the learner to the meta-model, e.g. "
-                   f"`+ 0.5 * sqdist({next(iter(lower_names))}, {start_from})`, or use `hypergradient = IAD`"
-                   if start_from else "use the upper variables in the lower objective, or use RAD")
-            self.scope.error(f"{op} differentiates the lower solution through the lower objective's dependence on the "
-                             "upper variables; this lower objective uses none, so the hypergradient would be zero",
-                             ops[op].span, fix=fix)
+    def reads(self, reads: set, level: str) -> bool:
+        """Whether an objective (its `reads`) uses a variable or model of `level`."""
+        decl = self.upper if level == "upper" else self.lower
+        return any((level, d.name) in reads for d in decl.variables + decl.models)
 
-        task_sets = {ds.name for ds in datasets if ds.tasks}
-        if task_sets & {name for _, name in lower_obj if _ == "data"} and "IAD" not in ops:
-            self.scope.error("few-shot task batches are learned with IAD-based (meta-learning) pipelines",
-                             self.written_pipeline[0].span, fix="use `hypergradient = IAD` (or FOA -> IAD, IAD -> CG)")
-        return lower
-
-    def same_structure(self, upper, lower, upper_names, span, op):
-        decls = {d.name: d for d in upper.variables + upper.models}
-        ups = [decls[n] for n in upper_names]
-        downs = lower.variables + lower.models
-        if len(ups) != len(downs) or any(_structure(u) != _structure(d) for u, d in zip(ups, downs)):
-            up_text = ", ".join(f"{d.name} = {_structure_text(d)}" for d in ups)
-            down_text = ", ".join(f"{d.name} = {_structure_text(d)}" for d in downs)
-            self.scope.error(f"{op} needs upper and lower variables of identical structure: upper {up_text}; "
-                             f"lower {down_text}", span, fix="declare the lower model exactly as the upper one")
-
-    def unused(self, datasets):
-        for ds in datasets:
-            if ds.name not in self.scope.used:
-                self.scope.warn(f"dataset '{ds.name}' is never used", self.scope.symbols[ds.name].span,
-                                fix="use it in an objective or a metric, or remove it")
+    @property
+    def solution_terminal(self) -> WrittenOp | None:
+        return next((w for w in self.ops if w.op.differentiates == "solution"), None)
 
 
+def check_program(scope: Scope, program: Program) -> ir.LevelDecl:
+    """Every rule; returns the lower level with its start settled by the pipeline."""
+    for rule in RULES:
+        rule(scope, program)
+    for ds in program.datasets:
+        if ds.name not in scope.used:
+            scope.warn(f"dataset '{ds.name}' is never used", scope.symbols[ds.name].span,
+                       fix="use it in an objective or a metric, or remove it")
+    if program.having("restarts_lower"):
+        return program.lower.model_copy(update={"start": ir.Start(mode="reinit", line=program.lower.start.line)})
+    return program.lower
+
+
+# --- what the objectives depend on ------------------------------------------------------
+
+def lower_objective_reads_lower(scope: Scope, p: Program):
+    if not p.reads(p.lower_reads, "lower"):
+        names = sorted(d.name for d in p.lower.variables + p.lower.models)
+        scope.error("the lower objective does not depend on the lower level's variables", p.at("lower", "objective"),
+                    fix=f"use {', '.join(names)} in it, e.g. apply the model to data")
+
+
+def upper_objective_reads_lower(scope: Scope, p: Program):
+    if not p.reads(p.upper_reads, "lower"):
+        scope.error("the upper objective does not depend on the lower level: this is not a bilevel problem",
+                    p.at("upper", "objective"), fix=f"evaluate the lower level's solution, e.g. {_example_apply(p.lower)}")
+
+
+def upper_variables_used(scope: Scope, p: Program):
+    if p.having("learns_start") and p.start_from is None:
+        return  # reported as the missing start
+    for decl in p.upper.variables + p.upper.models:
+        if ("upper", decl.name) not in p.lower_reads | p.upper_reads and decl.name != p.start_from:
+            scope.error(f"upper-level '{decl.name}' is never used: its hypergradient would be identically zero",
+                        scope.symbols[decl.name].span,
+                        fix=f"use {decl.name} in the lower objective (or the upper one), or remove it")
+
+
+def direct_only(scope: Scope, p: Program):
+    for w in p.having("direct_only"):
+        if not p.reads(p.upper_reads, "upper"):
+            scope.error(f"{w.op.name}'s hypergradient is only the direct gradient of the upper objective, which does "
+                        "not depend on the upper variables here: it would be identically zero", w.span,
+                        fix="use a pipeline that differentiates through the lower level, e.g. RAD or CG")
+
+
+# --- how the lower level starts ------------------------------------------------------------
+
+def learned_start(scope: Scope, p: Program):
+    """An operator that learns the start needs `start = from(x)`, from an x of the lower level's structure;
+    `start = from(x)` needs such an operator."""
+    learners = p.having("learns_start")
+    if learners and p.start_from is None:
+        scope.error(f"{learners[0].op.name} learns the lower level's initial value, but the lower level does not "
+                    "start from an upper-level model", learners[0].span,
+                    fix="add `start = from(meta)` to the lower block, naming the upper model it starts from")
+    elif p.start_from is not None and not learners:
+        names = [op.name for op in rows_with("learns_start")]
+        scope.error(f"the lower level starts from an upper-level model, which only {' or '.join(names)} learns",
+                    p.at("lower", "start"),
+                    fix=f"learn the start with {' or '.join(names)}, e.g. `hypergradient = {names[0]}`, "
+                        "or use `start = warm`")
+    elif learners:
+        _same_structure(scope, p, learners[0].op)
+
+
+def _same_structure(scope: Scope, p: Program, op: Operator):
+    ups = [d for d in p.upper.variables + p.upper.models if d.name == p.start_from]
+    downs = p.lower.variables + p.lower.models
+    if len(ups) != len(downs) or any(_structure(u) != _structure(d) for u, d in zip(ups, downs)):
+        up_text = ", ".join(f"{d.name} = {_structure_text(d)}" for d in ups)
+        down_text = ", ".join(f"{d.name} = {_structure_text(d)}" for d in downs)
+        scope.error(f"{op.name} needs upper and lower variables of identical structure: upper {up_text}; "
+                    f"lower {down_text}", p.at("lower", "start"), fix="declare the lower model exactly as the upper one")
+
+
+# why a written start cannot stand beside an operator that restarts the lower level from what it learns
+_RESTART_OVERRIDES = {"warm": "a warm start would discard it",
+                      "reinit": "each outer step starts from it, not from a reinitialisation"}
+
+
+def restarted_lower(scope: Scope, p: Program):
+    written = p.setting("lower", "start")
+    for w in p.having("restarts_lower"):
+        if written is not None and p.lower.start.mode in _RESTART_OVERRIDES:
+            mode = p.lower.start.mode
+            scope.error(f"{w.op.name} learns the lower level's initial value; {_RESTART_OVERRIDES[mode]}",
+                        written.value.span, fix=f"remove `start = {mode}` ({w.op.name} starts from its learned value)")
+
+
+# --- the lower level's steps -------------------------------------------------------------------
+
+def one_inner_step(scope: Scope, p: Program):
+    for w in p.having("one_inner_step"):
+        if p.lower.steps != 1:
+            scope.error(f"{w.op.name} is a single-loop method and needs one inner step per outer step, "
+                        f"not {p.lower.steps}", p.at("lower", "steps"), fix="set `steps = 1` in the lower block")
+
+
+def bounded_by_steps(scope: Scope, p: Program):
+    steps = p.lower.steps
+    for w in p.having("bounded_by_steps"):
+        for name, verb in w.op.bounded_by_steps.items():
+            value = w.args[name]
+            if value >= steps:
+                scope.error(f"{w.op.name}({name}={value}) must {verb} fewer than the {steps} inner steps",
+                            w.arg_spans[name], fix=f"choose {name} between 1 and {steps - 1}, or raise steps")
+
+
+# --- what the pipeline differentiates -------------------------------------------------------------
+
+def through_trajectory(scope: Scope, p: Program):
+    """Operators that act through the differentiated trajectory change nothing when the
+    terminal differentiates at the lower solution."""
+    terminal = p.solution_terminal
+    if terminal is None:
+        return
+    ends = " or ".join(op.name for op in rows_with("terminal") if op.stage == TERMINAL and op.differentiates == "trajectory")
+    alone = [w.op.name for w in p.ops if w.op.terminal and w is not p.ops[-1]]  # it could end the pipeline itself
+    for w in p.having("through_trajectory"):
+        scope.error(f"{w.op.name} {w.op.through_trajectory}, but {terminal.op.name} differentiates at the lower "
+                    f"solution without going through the trajectory: {w.op.name} would change nothing", w.span,
+                    fix=f"remove {w.op.name}, or end the pipeline with {ends}"
+                        + (f" (or nothing after {alone[0]})" if alone else ""))
+
+
+def solution_needs_upper_in_lower(scope: Scope, p: Program):
+    """At the lower solution, x acts only through the lower objective."""
+    terminal = p.solution_terminal
+    if terminal is None or p.reads(p.lower_reads, "upper"):
+        return
+    if p.start_from:
+        learner = next(op.name for op in rows_with("learns_start") if op.terminal)
+        fix = (f"for implicit MAML, anchor the learner to the meta-model, e.g. `+ 0.5 * sqdist("
+               f"{(p.lower.variables + p.lower.models)[0].name}, {p.start_from})`, or use `hypergradient = {learner}`")
+    else:
+        trajectory = next(op.name for op in rows_with("terminal") if op.differentiates == "trajectory" and op.stage == TERMINAL)
+        fix = f"use the upper variables in the lower objective, or use {trajectory}"
+    scope.error(f"{terminal.op.name} differentiates the lower solution through the lower objective's dependence on "
+                "the upper variables; this lower objective uses none, so the hypergradient would be zero",
+                terminal.span, fix=fix)
+
+
+def task_batches(scope: Scope, p: Program):
+    task_sets = {ds.name for ds in p.datasets if ds.tasks}
+    if task_sets & {name for kind, name in p.lower_reads if kind == "data"} and not p.having("task_batches"):
+        names = [op.name for op in rows_with("task_batches")]
+        scope.error(f"few-shot task batches are learned by meta-learning pipelines, with {' or '.join(names)}",
+                    p.ops[0].span, fix="use " + " or ".join(f"`hypergradient = {n}`" for n in names))
+
+
+RULES = (lower_objective_reads_lower, upper_objective_reads_lower, upper_variables_used, direct_only,
+         learned_start, restarted_lower, one_inner_step, bounded_by_steps, through_trajectory,
+         solution_needs_upper_in_lower, task_batches)
+
+
+# --- words ----------------------------------------------------------------------------------------
 
 def _structure(decl):
     if isinstance(decl, ir.Model):
@@ -136,5 +231,3 @@ def _example_apply(lower: ir.LevelDecl) -> str:
     if lower.models:
         return f"mse({lower.models[0].name}(val.x), val.y)"
     return f"a loss of {lower.variables[0].name} on validation data"
-
-

@@ -40,10 +40,11 @@ def apply(program: ir.Program, assignments: list[str]) -> ir.Program:
         if not eq or not key:
             raise OverrideError(f"--set takes key=value, not {item!r}")
         program = _apply_one(program, key.strip(), parse_value(text.strip()))
-    rgt = next((op for op in program.hypergradient.operators if op.name == "RGT"), None)
-    if rgt and not 0 < rgt.params["truncate"] < program.lower.steps:
-        raise OverrideError(f"RGT's truncate ({rgt.params['truncate']}) must stay below lower.steps "
-                            f"({program.lower.steps})")
+    for op in program.hypergradient.operators:
+        for name in BY_NAME[op.name].bounded_by_steps:
+            if not 0 < op.params[name] < program.lower.steps:
+                raise OverrideError(f"{op.name}'s {name} ({op.params[name]}) must stay below lower.steps "
+                                    f"({program.lower.steps})")
     return program
 
 
