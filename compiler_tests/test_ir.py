@@ -30,8 +30,10 @@ def test_defaults_taken_from_the_program():
 
 
 def test_canonical_text_fills_parameters():
-    checked = check_text(program(hypergradient="hypergradient = DI(lr=0.05) -> RGT(truncate=4) -> RAD"))
-    assert checked.program.hypergradient.text == "DI(lr=0.05) -> NGD -> RGT(truncate=4) -> RAD"
+    checked = check_text(program(hypergradient="hypergradient = GDA(alpha=0.2) -> RGT(truncate=4) -> RAD"))
+    assert checked.program.hypergradient.text == "GDA(alpha=0.2, alpha_decay=0.9) -> NGD -> RGT(truncate=4) -> RAD"
+    checked = check_text(program(hypergradient="hypergradient = DI(lr=0.05) -> PTT -> RAD"))
+    assert checked.program.hypergradient.text == "DI(lr=0.05) -> NGD -> PTT -> RAD"
 
 
 def test_di_restarts_from_its_learned_value():

@@ -25,7 +25,8 @@ hypergradient = GAFFO(lambda=0.5)
 
 ACCEPTED = [
     # stage order: dynamics modifiers, core, trajectory modifiers, IAD, terminal
-    ("full canonical chain", program(hypergradient="hypergradient = GDA(alpha=0.3) -> DI -> PTT -> RGT(truncate=5) -> RAD")),
+    ("full canonical chain", program(hypergradient="hypergradient = GDA(alpha=0.3) -> DI -> PTT -> RAD")),
+    ("full canonical chain with RGT", program(hypergradient="hypergradient = GDA(alpha=0.3) -> PTT -> RGT(truncate=5) -> RAD")),
     ("explicit NGD", program(hypergradient="hypergradient = NGD -> RAD")),
     ("every terminal alone", program(hypergradient="hypergradient = CG(k=3)")),
     ("NS", program(hypergradient="hypergradient = NS(k=5, alpha=0.1)")),
@@ -44,6 +45,9 @@ ACCEPTED = [
         META, hypergradient="hypergradient = IAD -> CG(k=5)",
         objective="objective = mse(learner(tasks.support_x), tasks.support_y) + 0.5 * sqdist(learner, meta)")),
     ("IAD handing on to RAD after FOA", program(META, hypergradient="hypergradient = FOA -> IAD -> RAD")),
+    ("RGT before IAD when the lower objective reads the meta-model", program(
+        META, hypergradient="hypergradient = RGT(truncate=2) -> IAD",
+        objective="objective = mse(learner(tasks.support_x), tasks.support_y) + 0.5 * sqdist(learner, meta)")),
     ("DI without IAD", program(hypergradient="hypergradient = DI -> RAD")),
     ("RGT with FD absent", program(hypergradient="hypergradient = RGT(truncate=19) -> RAD")),
     ("DM with CG and one step", program(steps="steps = 1", hypergradient="hypergradient = DM -> CG")),
@@ -84,6 +88,19 @@ REJECTED = [
      "the pipeline has no hypergradient operator"),
     ("DI with IAD", program(META, hypergradient="hypergradient = DI -> IAD"),
      "DI and IAD cannot be combined"),
+    ("DI with RGT", program(hypergradient="hypergradient = DI -> RGT(truncate=5) -> RAD"),
+     "RGT cuts the differentiated trajectory off from the lower level's start, so the start DI learns would never move"),
+    ("DI with an explicit reinit start", program(hypergradient="hypergradient = DI -> RAD", after_steps="start = reinit"),
+     "DI learns the lower level's initial value; each outer step starts from it, not from a reinitialisation"),
+    ("RGT before IAD with no other path from the upper level", program(META, hypergradient="hypergradient = RGT(truncate=2) -> IAD"),
+     "RGT cuts the differentiated trajectory off from the lower level's start, and the lower objective reads no "
+     "upper variable"),
+    ("FD after IAD", program(META, hypergradient="hypergradient = IAD -> FD",
+                             objective="objective = mse(learner(tasks.support_x), tasks.support_y) + sqdist(learner, meta)"),
+     "FD and IAD cannot be combined: FD differentiates at the final lower solution only"),
+    ("IGA after IAD", program(META, hypergradient="hypergradient = IAD -> IGA",
+                              objective="objective = mse(learner(tasks.support_x), tasks.support_y) + sqdist(learner, meta)"),
+     "IGA and IAD cannot be combined: IGA differentiates at the final lower solution only"),
     ("FOA without IAD", program(hypergradient="hypergradient = FOA -> RAD"), "FOA needs IAD"),
     ("FD with RGT", program(hypergradient="hypergradient = RGT(truncate=3) -> FD"), "FD and RGT cannot be combined"),
     ("DM with NS", program(steps="steps = 1", hypergradient="hypergradient = DM -> NS"), "DM needs CG or RAD"),

@@ -71,6 +71,13 @@ _TERMINAL_RANK = 7
 # recompute the steps in between (one more forward pass); 0 keeps a state every compiled chunk.
 CHECKPOINT = Param("checkpoint", int, 0, low=0, quiet=True)
 
+
+def _drops_start(name: str) -> str:
+    """Why FD and IGA have no meaning after IAD."""
+    return (f"{name} differentiates at the final lower solution only, so it would drop the derivative through the "
+            "start (dF/dy0) that IAD hands on")
+
+
 CATALOGUE: tuple[Operator, ...] = (
     Operator("GDA", DYNAMICS_MODIFIER, 0, "inner steps descend a*F + (1-a)*f",
              (Param("alpha", float, 0.5, low=0, high=1, high_open=True),
@@ -103,10 +110,11 @@ CATALOGUE: tuple[Operator, ...] = (
              terminal=True, differentiates="trajectory"),
     Operator("FD", TERMINAL, _TERMINAL_RANK, "DARTS finite difference", (positive("r", 0.01),), terminal=True,
              excludes={"RGT": "FD differentiates at the final lower solution only; there is no back-propagated "
-                              "trajectory for RGT to truncate"},
+                              "trajectory for RGT to truncate",
+                       "IAD": _drops_start("FD")},
              differentiates="solution"),
     Operator("IGA", TERMINAL, _TERMINAL_RANK, "implicit gradient approximation", terminal=True,
-             differentiates="solution"),
+             excludes={"IAD": _drops_start("IGA")}, differentiates="solution"),
     Operator("CG", TERMINAL, _TERMINAL_RANK, "implicit differentiation, conjugate gradient",
              (count("k", 10), positive("tol", 1e-10)), terminal=True, differentiates="solution"),
     Operator("NS", TERMINAL, _TERMINAL_RANK, "implicit differentiation, Neumann series",

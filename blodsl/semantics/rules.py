@@ -183,6 +183,25 @@ def through_trajectory(scope: Scope, p: Program):
                         + (f" (or nothing after {alone[0]})" if alone else ""))
 
 
+def cut_start(scope: Scope, p: Program):
+    """Cut off from its start, the trajectory carries no derivative to a start that is
+    learned (an identically zero step) or that is the only way x reaches the lower objective."""
+    if p.solution_terminal is not None:
+        return  # reported: operators acting through the trajectory change nothing there
+    for cut in p.having("cuts_start"):
+        what = f"{cut.op.name} cuts the differentiated trajectory off from the lower level's start"
+        for w in p.having("restarts_lower"):
+            scope.error(f"{what}, so the start {w.op.name} learns would never move", cut.span,
+                        notes=[(w.span, f"{w.op.name} is here")], fix=f"remove {cut.op.name} or {w.op.name}")
+        for w in p.having("learns_start"):
+            if not p.reads(p.lower_reads, "upper"):
+                scope.error(f"{what}, and the lower objective reads no upper variable: the start is the only path from "
+                            "the upper level to the lower solution, so the hypergradient would be identically zero",
+                            cut.span, notes=[(w.span, f"{w.op.name} is here")],
+                            fix=f"remove {cut.op.name}, or use the upper variables in the lower objective, e.g. "
+                                f"`+ 0.5 * sqdist({(p.lower.variables + p.lower.models)[0].name}, {p.start_from})`")
+
+
 def solution_needs_upper_in_lower(scope: Scope, p: Program):
     """At the lower solution, x acts only through the lower objective."""
     terminal = p.solution_terminal
@@ -209,7 +228,7 @@ def task_batches(scope: Scope, p: Program):
 
 
 RULES = (lower_objective_reads_lower, upper_objective_reads_lower, upper_variables_used, direct_only,
-         learned_start, restarted_lower, one_inner_step, bounded_by_steps, through_trajectory,
+         learned_start, restarted_lower, one_inner_step, bounded_by_steps, through_trajectory, cut_start,
          solution_needs_upper_in_lower, task_batches)
 
 
