@@ -72,3 +72,8 @@ def errors_of(text: str) -> list[str]:
     except BloError as e:
         return [d.message for d in e.diagnostics if d.severity == "error"]
     return []
+
+
+def warnings_of(text: str) -> list[str]:
+    """The messages of every warning of a valid program."""
+    return [d.message for d in check_text(text).warnings]

@@ -86,3 +86,19 @@ def test_long_lines_are_shown_as_a_window_around_the_caret(tmp_path):
     assert status == 1
     assert len(excerpt) < 140 and excerpt.endswith("-> zzz")
     assert caret.index("^") == excerpt.index("zzz") and caret.endswith("^^^")
+
+
+def test_check_prints_warnings_and_succeeds(tmp_path):
+    from helpers import program
+
+    path = tmp_path / "one_step.blo"
+    path.write_text(program(steps="steps = 1", optimizer="optimizer = SGD(lr=0.5, momentum=0.9)"))
+    status, out, err = run_cli("check", str(path))
+    assert status == 0 and out.startswith(f"{path}: ok\n")
+    assert err.splitlines() == [
+        f"{path}:12:29: warning: momentum has no effect with one inner step: the optimiser's state starts at zero "
+        "every outer step, so its first step does not depend on it",
+        " 12 |     optimizer = SGD(lr=0.5, momentum=0.9)",
+        "    |                             ^^^^^^^^^^^^",
+        "  fix: remove momentum=0.9",
+    ]

@@ -3,7 +3,7 @@ checked as whole programs so the program-dependent rules (steps, IAD structure) 
 
 import pytest
 
-from helpers import BASE, META, check_text, errors_of, program
+from helpers import BASE, META, check_text, errors_of, program, warnings_of
 
 GAFFO = """data {
     train, val = regression(features=5, split=[0.5, 0.5])
@@ -130,6 +130,48 @@ REJECTED = [
      "DM's strategy must be one of s1, s2, s3"),
     ("positional parameter", program(hypergradient="hypergradient = CG(10)"), "CG takes keyword arguments only"),
 ]
+
+
+# Settings that cannot matter: warnings, not errors.
+ONE_STEP = program(steps="steps = 1", hypergradient="hypergradient = FD")
+WARNED = [
+    ("momentum with one inner step", program(ONE_STEP, optimizer="optimizer = SGD(lr=0.5, momentum=0.9)"),
+     ["momentum has no effect with one inner step: the optimiser's state starts at zero every outer step, "
+      "so its first step does not depend on it"]),
+    ("Adam's betas with one inner step", program(ONE_STEP, optimizer="optimizer = Adam(lr=0.01, betas=[0.5, 0.9])"),
+     ["betas has no effect with one inner step: the optimiser's state starts at zero every outer step, "
+      "so its first step does not depend on it"]),
+    ("inner arguments beside a method that steps at the inner lr",
+     program(optimizer="optimizer = SGD(lr=0.5, momentum=0.9, weight_decay=0.1)", hypergradient="hypergradient = VFO"),
+     ["VFO steps the lower variables by plain gradient steps at the inner learning rate: momentum has no effect",
+      "VFO steps the lower variables by plain gradient steps at the inner learning rate: weight_decay has no effect"]),
+    ("Adam beside a method that steps at the inner lr",
+     program(steps="steps = 1", optimizer="optimizer = Adam(lr=0.01)", hypergradient="hypergradient = DM -> RAD"),
+     ["DM steps the lower variables by plain gradient steps at the inner learning rate: Adam's own update is not used"]),
+    ("steps beside a method that takes one lower step", program(hypergradient="hypergradient = MESO"),
+     ["MESO takes one lower step per outer step: `steps = 20` has no effect"]),
+]
+CLEAN = [
+    ("momentum with nesterov and one step",
+     program(ONE_STEP, optimizer="optimizer = SGD(lr=0.5, momentum=0.9, nesterov=True)")),
+    ("momentum with several steps", program(optimizer="optimizer = SGD(lr=0.5, momentum=0.9)")),
+    ("Adam's eps and weight decay with one step", program(ONE_STEP, optimizer="optimizer = Adam(lr=0.01, eps=1e-6, weight_decay=0.1)")),
+    ("only the lr beside a method that steps at the inner lr", program(hypergradient="hypergradient = PGDO")),
+    ("one step beside a method that takes one lower step", program(
+        BASE.replace("objective = cross_entropy(net(val.x), val.y)",
+                     "objective = cross_entropy(net(val.x), val.y) + 1e-3 * sum(w ** 2)"),
+        steps="steps = 1", hypergradient="hypergradient = ALTO")),
+]
+
+
+@pytest.mark.parametrize("name,text,warnings", WARNED, ids=[w[0] for w in WARNED])
+def test_settings_that_cannot_matter_are_warned(name, text, warnings):
+    assert warnings_of(text) == warnings
+
+
+@pytest.mark.parametrize("name,text", CLEAN, ids=[c[0] for c in CLEAN])
+def test_settings_that_matter_are_not_warned(name, text):
+    assert warnings_of(text) == []
 
 
 @pytest.mark.parametrize("name,text", ACCEPTED, ids=[a[0] for a in ACCEPTED])

@@ -227,9 +227,53 @@ def task_batches(scope: Scope, p: Program):
                     p.ops[0].span, fix="use " + " or ".join(f"`hypergradient = {n}`" for n in names))
 
 
+# --- settings that cannot matter (warnings) ------------------------------------------------------
+
+def steps_unused(scope: Scope, p: Program):
+    for w in p.ops:
+        if not w.op.uses_steps and p.lower.steps != 1:
+            scope.warn(f"{w.op.name} takes one lower step per outer step: `steps = {p.lower.steps}` has no effect",
+                       p.at("lower", "steps"), fix="set `steps = 1`")
+
+
+def inner_optimizer_unused(scope: Scope, p: Program):
+    """Operators that step the lower variables by plain gradient steps read only the inner lr."""
+    plain = next((w for w in p.ops if w.op.inner_optimizer == "lr"), None)
+    if plain is None:
+        return
+    why = f"{plain.op.name} steps the lower variables by plain gradient steps at the inner learning rate"
+    optimizer = p.setting("lower", "optimizer").value
+    if p.lower.optimizer.name != "SGD":
+        scope.warn(f"{why}: {p.lower.optimizer.name}'s own update is not used", optimizer.span,
+                   fix=f"write `optimizer = SGD(lr={p.lower.optimizer.args['lr']:g})`")
+        return
+    for kw in _keywords(optimizer):
+        if kw.name.text != "lr":
+            scope.warn(f"{why}: {kw.name.text} has no effect", kw.span, fix=f"remove {scope.text_of(kw.span)}")
+
+
+def one_step_from_a_fresh_state(scope: Scope, p: Program):
+    """The inner optimiser's state starts at zero every outer step: with one step, momentum (without
+    nesterov) and Adam's betas cannot change that step."""
+    if p.lower.steps != 1 or any(w.op.inner_optimizer == "lr" for w in p.ops):
+        return
+    args = p.lower.optimizer.args
+    cannot_matter = {"momentum": not args.get("nesterov"), "betas": p.lower.optimizer.name == "Adam"}
+    for kw in _keywords(p.setting("lower", "optimizer").value):
+        if cannot_matter.get(kw.name.text):
+            scope.warn(f"{kw.name.text} has no effect with one inner step: the optimiser's state starts at zero "
+                       "every outer step, so its first step does not depend on it", kw.span,
+                       fix=f"remove {scope.text_of(kw.span)}")
+
+
+def _keywords(optimizer: ast.Expr) -> list[ast.Keyword]:
+    return optimizer.kwargs if isinstance(optimizer, ast.Call) else []
+
+
 RULES = (lower_objective_reads_lower, upper_objective_reads_lower, upper_variables_used, direct_only,
          learned_start, restarted_lower, one_inner_step, bounded_by_steps, through_trajectory, cut_start,
-         solution_needs_upper_in_lower, task_batches)
+         solution_needs_upper_in_lower, task_batches, steps_unused, inner_optimizer_unused,
+         one_step_from_a_fresh_state)
 
 
 # --- words ----------------------------------------------------------------------------------------
