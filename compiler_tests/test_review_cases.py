@@ -8,9 +8,8 @@ import torch
 
 import blodsl
 from blodsl.lowering.codegen import generate
-from blodsl.frontend import check_file
-from conftest import ROOT, run_cli
-from helpers import BASE, META, errors_of, program
+from conftest import run_cli
+from helpers import BASE, META, program
 
 SHORT = ("--outer-steps", "2", "--set", "lower.steps=3", "--no-compile", "--no-baseline")
 
@@ -112,30 +111,6 @@ def test_generated_names_and_comparisons():
     pipeline = blodsl.compile(text, compile=False)
     assert set(pipeline.hypergradient()) == {"w", "data_"}
     assert 0 <= pipeline.evaluate()["agree"] <= 1
-
-
-@pytest.mark.parametrize("value,message", [("1e999", "must be a number > 0"), ("-1", "must be a number > 0")])
-def test_learning_rates_must_be_positive_and_finite(value, message):
-    assert any(message in e for e in errors_of(program(optimizer=f"optimizer = SGD(lr={value})")))
-
-
-@pytest.mark.parametrize("setting,message", [
-    ("upper.optimizer.foo=1", "Adam has no argument 'foo'"),
-    ("upper.optimizer.lr=-1", "must be a number > 0"),
-    ("upper.optimizer.betas=5", "must be two numbers in [0, 1)"),
-    ("lower.optimizer.momentum=[1,2]", "must be a number >= 0"),
-    ("lower.optimizer.nesterov=1", "must be True or False"),
-])
-def test_set_checks_values_as_a_program_would(in_root, setting, message):
-    status, _, err = run_cli("run", "programs/hyper_cleaning.blo", "--no-compile", "--set", setting)
-    assert status == 2 and message in err
-
-
-def test_set_lr_moves_the_operator_defaults_that_follow_it(in_root):
-    from blodsl.semantics.settings import apply
-
-    p = apply(check_file("programs/ridge_regression.blo").program, ["lower.optimizer.lr=0.05"])
-    assert p.hypergradient.operators[-1].params == {"k": 50, "alpha": 0.05}
 
 
 def test_bad_devices_and_diverged_runs(in_root, tmp_path):

@@ -9,9 +9,6 @@ import pytest
 import torch
 
 import blodsl
-from blodsl import ir
-from blodsl.frontend import check_file
-from blodsl.semantics.settings import OverrideError, apply
 from conftest import ROOT, run_cli
 from helpers import BASE, program
 from test_generated import import_file
@@ -60,11 +57,6 @@ def test_default_run_folders_are_numbered(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (("--set", "lower.steps=0"), "lower.steps must be an integer >= 1"),
-    (("--set", "CG.k=5"), "has no CG"),
-    (("--set", "RAD.k=5"), "RAD has no parameter 'k'"),
-    (("--set", "colour=red"), "unknown setting 'colour'"),
-    (("--set", "nonsense"), "key=value"),
     (("--outer-steps", "0"), "--outer-steps must be at least 1"),
 ])
 def test_bad_command_lines_exit_2(in_root, argv, message):
@@ -92,18 +84,6 @@ def test_a_failing_objective_is_blamed_on_its_line(tmp_path):
     status, _, err = run_cli("run", str(path), *SHORT, "--out", str(tmp_path / "run"))
     assert status == 1 and "Traceback" not in err
     assert err.startswith(f"{path}:6: error: the upper objective failed while running")
-
-
-def test_overrides_change_the_program_and_recheck_it(in_root):
-    p = check_file("programs/embedded.blo").program
-    changed = apply(p, ["lower.steps=25", "RGT.truncate=5", "upper.optimizer.lr=0.5", "run.seed=3"])
-    assert changed.lower.steps == 25 and changed.run.seed == 3
-    assert changed.upper.optimizer.args["lr"] == 0.5
-    assert [op.params for op in changed.hypergradient.operators if op.name == "RGT"] == [{"truncate": 5}]
-    with pytest.raises(OverrideError, match="truncate .20. must stay below lower.steps .10."):
-        apply(p, ["lower.steps=10"])
-    with pytest.raises(OverrideError, match="the inner Adam has no argument 'momentum'"):
-        apply(p, ["lower.optimizer.momentum=0.9"])
 
 
 def test_compile_writes_a_module_and_will_not_clobber_other_files(in_root, tmp_path):

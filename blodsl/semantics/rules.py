@@ -163,7 +163,8 @@ def bounded_by_steps(scope: Scope, p: Program):
             value = w.args[name]
             if value >= steps:
                 scope.error(f"{w.op.name}({name}={value}) must {verb} fewer than the {steps} inner steps",
-                            w.arg_spans[name], fix=f"choose {name} between 1 and {steps - 1}, or raise steps")
+                            w.arg_spans[name], fix=f"choose {name} between 1 and {steps - 1}, or raise steps"
+                            if steps > 1 else f"raise steps: {w.op.name} needs at least 2")
 
 
 # --- what the pipeline differentiates -------------------------------------------------------------
@@ -249,7 +250,7 @@ def inner_optimizer_unused(scope: Scope, p: Program):
         return
     for kw in _keywords(optimizer):
         if kw.name.text != "lr":
-            scope.warn(f"{why}: {kw.name.text} has no effect", kw.span, fix=f"remove {scope.text_of(kw.span)}")
+            scope.warn(f"{why}: {kw.name.text} has no effect", kw.span, fix=f"remove {kw.name.text}={scope.text_of(kw.value.span)}")
 
 
 def one_step_from_a_fresh_state(scope: Scope, p: Program):
@@ -263,7 +264,7 @@ def one_step_from_a_fresh_state(scope: Scope, p: Program):
         if cannot_matter.get(kw.name.text):
             scope.warn(f"{kw.name.text} has no effect with one inner step: the optimiser's state starts at zero "
                        "every outer step, so its first step does not depend on it", kw.span,
-                       fix=f"remove {scope.text_of(kw.span)}")
+                       fix=f"remove {kw.name.text}={scope.text_of(kw.value.span)}")
 
 
 def _keywords(optimizer: ast.Expr) -> list[ast.Keyword]:

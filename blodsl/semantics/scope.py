@@ -43,7 +43,9 @@ class Scope:
         return any(d.severity == "error" for d in self.problems)
 
     def text_of(self, span: Span) -> str:
-        """The source text under `span`, its lines joined by spaces."""
+        """The source text under `span`, its lines joined by spaces; for a value from `--set KEY=VALUE`, VALUE."""
+        if span.origin:
+            return span.origin.partition("=")[2]
         lines = self.source.text.split("\n")[span.line - 1: span.end_line]
         if not lines:
             return ""

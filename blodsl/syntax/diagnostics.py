@@ -75,15 +75,19 @@ def _excerpt(source: Source, span: Span, gutter: int) -> list[str]:
     ]
 
 
+def _where(source: Source, span: Span) -> str:
+    return f"{source.path}:{span.line}:{span.col}" + (f" ({span.origin})" if span.origin else "")
+
+
 def render(diag: Diagnostic, source: Source) -> str:
-    where = f"{source.path}:{diag.span.line}:{diag.span.col}" if diag.span else source.path
+    where = _where(source, diag.span) if diag.span else source.path
     out = [f"{where}: {diag.severity}: {diag.message}"]
     spans = [diag.span] + [s for s, _ in diag.notes]
     gutter = max((len(str(s.line)) for s in spans if s), default=1)
     if diag.span:
         out += _excerpt(source, diag.span, gutter)
     for span, note in diag.notes:
-        out.append(f"{source.path}:{span.line}:{span.col}: note: {note}")
+        out.append(f"{_where(source, span)}: note: {note}")
         out += _excerpt(source, span, gutter)
     if diag.fix:
         fix_lines = diag.fix.splitlines()

@@ -12,6 +12,7 @@ class Span:
     col: int
     end_line: int
     end_col: int
+    origin: str | None = None  # what put a node there when the file did not: "--set lower.steps=5"
 
     @staticmethod
     def point(line: int, col: int) -> "Span":
