@@ -102,3 +102,8 @@ def test_check_prints_warnings_and_succeeds(tmp_path):
         "    |                             ^^^^^^^^^^^^",
         "  fix: remove momentum=0.9",
     ]
+
+
+def test_an_unknown_device_is_a_command_line_error(in_root):
+    status, _, err = run_cli("run", "programs/hyper_cleaning.blo", "--device", "bogus")
+    assert status == 2 and "unknown device 'bogus'" in err

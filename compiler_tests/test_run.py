@@ -132,19 +132,6 @@ def test_python_api(in_root):
     assert "class Problem(rt.Problem):" in p.source
 
 
-def test_source_text_and_state_dict_round_trip(in_root):
-    text = (ROOT / "programs" / "hyper_cleaning.blo").read_text().replace("steps = 20", "steps = 3")
-    a = blodsl.compile(text, compile=False)
-    a.run(outer_steps=2)
-    saved = a.state_dict()
-    b = blodsl.compile(text, compile=False)
-    b.load_state_dict(saved)
-    assert b.steps_done == 2 and torch.equal(a.upper["w"], b.upper["w"])
-    a.step()
-    b.step()
-    assert torch.equal(a.upper["w"], b.upper["w"]) and torch.equal(a.lower["net.weight"], b.lower["net.weight"])
-
-
 def test_bindings_supply_data_and_models(in_root):
     x = torch.randn(90, 5)
     y = (x[:, 0] > 0).long()
@@ -192,3 +179,32 @@ def test_asking_for_a_gpu_on_a_machine_without_one(in_root):
         pytest.skip("this machine has a GPU")
     status, _, err = run_cli("run", "programs/ridge_regression.blo", *SHORT, "--device", "cuda")
     assert status == 1 and "this machine has no CUDA GPU; use --device cpu" in err
+
+
+def test_a_users_own_module_and_function(tmp_path, monkeypatch):
+    (tmp_path / "mine.py").write_text(
+        "import torch\n"
+        "class Tiny(torch.nn.Module):\n"
+        "    def __init__(self, n, k):\n"
+        "        super().__init__()\n"
+        "        self.inner = torch.nn.Linear(n, k)\n"
+        "    def forward(self, x):\n"
+        "        return self.inner(x)\n"
+        "def reg(w, **kw):\n"
+        "    return kw['lambda'] * (w ** 2).mean()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = ('import "mine:Tiny" as Tiny\nimport "mine:reg" as reg\n'
+            + BASE.replace("model net = Linear(train.features, train.classes)",
+                           "model net = Sequential(Tiny(train.features, 16), ReLU(), Linear(16, train.classes))")
+                  .replace('reduction="none"))', 'reduction="none")) + reg(w, lambda=0.1)'))
+    pipeline = blodsl.compile(text, compile=False)
+    assert "net.0.inner.weight" in pipeline.lower
+    assert pipeline.hypergradient()["w"].abs().sum() > 0
+
+
+def test_run_files_hold_valid_json_when_a_run_diverges():
+    from blodsl.runner import json_safe
+
+    # valid JSON even when a run diverged: NaN and infinity are written as null
+    written = json.dumps(json_safe({"loss": float("nan"), "weights": [1.0, float("inf")], "step": 3}))
+    assert json.loads(written) == {"loss": None, "weights": [1.0, None], "step": 3}
