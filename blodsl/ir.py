@@ -20,7 +20,7 @@ class Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-Level = Literal["upper", "lower"]
+LevelName = Literal["upper", "lower"]
 
 # --- expressions ---------------------------------------------------------------
 
@@ -46,21 +46,21 @@ class SizeRef(Node):
 
 class VarRef(Node):
     kind: Literal["var"] = "var"
-    level: Level
+    level: LevelName
     name: str
 
 
 class ModelRef(Node):
     """A model as a value: all its weights (as in `sqnorm(net)`)."""
     kind: Literal["model"] = "model"
-    level: Level
+    level: LevelName
     name: str
 
 
 class ParamRef(Node):
     """One weight tensor of a model: `net.weight`."""
     kind: Literal["param"] = "param"
-    level: Level
+    level: LevelName
     model: str
     param: str
 
@@ -68,7 +68,7 @@ class ParamRef(Node):
 class Apply(Node):
     """A model applied to inputs: `net(train.x)`."""
     kind: Literal["apply"] = "apply"
-    level: Level
+    level: LevelName
     model: str
     args: list[Expr]
 
@@ -153,7 +153,7 @@ class Dataset(Node):
 
 class Variable(Node):
     name: str
-    level: Level
+    level: LevelName
     init: str                 # zeros, ones, full, normal, uniform, input
     shape: list[Dim]
     args: dict[str, Arg] = {}
@@ -162,7 +162,7 @@ class Variable(Node):
 
 class Model(Node):
     name: str
-    level: Level
+    level: LevelName
     spec: LayerSpec
     parameters: list[str]     # names reachable as `net.NAME` ([] when not known before run time)
     line: int
@@ -188,7 +188,7 @@ class Start(Node):
 
 
 class LevelDecl(Node):
-    level: Level
+    level: LevelName
     variables: list[Variable]
     models: list[Model]
     objective: Objective

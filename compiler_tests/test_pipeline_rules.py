@@ -1,5 +1,6 @@
-"""Every composition rule of OPERATORS.md: at least one pipeline accepted and one rejected,
-checked as whole programs so the program-dependent rules (steps, IAD structure) count too."""
+"""Every rule the operator rows take part in: at least one pipeline accepted and one rejected,
+checked as whole programs so the program-dependent rules (steps, IAD structure) count too;
+and the warnings for settings that cannot matter."""
 
 import pytest
 

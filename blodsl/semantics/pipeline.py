@@ -127,7 +127,7 @@ def _read_op(scope: Scope, item: ast.Expr) -> WrittenOp | None:
 
 
 def check_composition(ops: list[WrittenOp]) -> list[Diagnostic]:
-    """The composition rules of OPERATORS.md, each violation with its own message."""
+    """The order and the excludes/requires rules of the rows, each violation with its own message."""
     if not ops:
         return []
     precedes, constraints = rule_graphs()

@@ -20,7 +20,7 @@ from .data import DataBlock
 from .expressions import Expressions
 from .levels import LevelBlock
 from .pipeline import operator_chain, written_pipeline
-from .rules import Program, check_program
+from .rules import Facts, check_program
 from .run import RunBlock
 from .scope import Scope, Symbol
 
@@ -75,7 +75,7 @@ def _program(scope: Scope, file: ast.File) -> ir.Program | None:
     run = RunBlock(scope, expressions).resolve(blocks.get("run"))
     if None in (upper, lower, written, run) or scope.has_errors():
         return None
-    lower = check_program(scope, Program(upper, lower, written, blocks, datasets))
+    lower = check_program(scope, Facts(upper, lower, written, blocks, datasets))
     chain = operator_chain(written, lower, top["hypergradient"].span.line)
     return ir.Program(path=scope.source.path, imports=imports, datasets=datasets, upper=upper, lower=lower,
                       hypergradient=chain, run=run)

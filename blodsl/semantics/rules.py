@@ -1,6 +1,6 @@
 """Rules over the whole program, composed from the attributes of the operator rows.
 
-Each rule is a function of one `Program` view (the two levels, the operators as
+Each rule is a function of one `Facts` view (the two levels, the operators as
 written, the settings' places in the source) that reports to the scope; the
 rules run once every part has resolved. None of them tests an operator's name:
 what an operator means to a rule is an attribute of its row.
@@ -19,7 +19,7 @@ from .scope import Scope
 
 
 @dataclass
-class Program:
+class Facts:
     """What the rules read: the resolved levels, the operators as written, and where each setting is."""
     upper: ir.LevelDecl
     lower: ir.LevelDecl
@@ -57,14 +57,10 @@ class Program:
         return next((w for w in self.ops if w.op.differentiates == "solution"), None)
 
 
-def check_program(scope: Scope, program: Program) -> ir.LevelDecl:
+def check_program(scope: Scope, program: Facts) -> ir.LevelDecl:
     """Every rule; returns the lower level with its start settled by the pipeline."""
     for rule in RULES:
         rule(scope, program)
-    for ds in program.datasets:
-        if ds.name not in scope.used:
-            scope.warn(f"dataset '{ds.name}' is never used", scope.symbols[ds.name].span,
-                       fix="use it in an objective or a metric, or remove it")
     if program.having("restarts_lower"):
         return program.lower.model_copy(update={"start": ir.Start(mode="reinit", line=program.lower.start.line)})
     return program.lower
@@ -72,20 +68,20 @@ def check_program(scope: Scope, program: Program) -> ir.LevelDecl:
 
 # --- what the objectives depend on ------------------------------------------------------
 
-def lower_objective_reads_lower(scope: Scope, p: Program):
+def lower_objective_reads_lower(scope: Scope, p: Facts):
     if not p.reads(p.lower_reads, "lower"):
         names = sorted(d.name for d in p.lower.variables + p.lower.models)
         scope.error("the lower objective does not depend on the lower level's variables", p.at("lower", "objective"),
                     fix=f"use {', '.join(names)} in it, e.g. apply the model to data")
 
 
-def upper_objective_reads_lower(scope: Scope, p: Program):
+def upper_objective_reads_lower(scope: Scope, p: Facts):
     if not p.reads(p.upper_reads, "lower"):
         scope.error("the upper objective does not depend on the lower level: this is not a bilevel problem",
                     p.at("upper", "objective"), fix=f"evaluate the lower level's solution, e.g. {_example_apply(p.lower)}")
 
 
-def upper_variables_used(scope: Scope, p: Program):
+def upper_variables_used(scope: Scope, p: Facts):
     if p.having("learns_start") and p.start_from is None:
         return  # reported as the missing start
     for decl in p.upper.variables + p.upper.models:
@@ -95,7 +91,7 @@ def upper_variables_used(scope: Scope, p: Program):
                         fix=f"use {decl.name} in the lower objective (or the upper one), or remove it")
 
 
-def direct_only(scope: Scope, p: Program):
+def direct_only(scope: Scope, p: Facts):
     for w in p.having("direct_only"):
         if not p.reads(p.upper_reads, "upper"):
             scope.error(f"{w.op.name}'s hypergradient is only the direct gradient of the upper objective, which does "
@@ -105,7 +101,7 @@ def direct_only(scope: Scope, p: Program):
 
 # --- how the lower level starts ------------------------------------------------------------
 
-def learned_start(scope: Scope, p: Program):
+def learned_start(scope: Scope, p: Facts):
     """An operator that learns the start needs `start = from(x)`, from an x of the lower level's structure;
     `start = from(x)` needs such an operator."""
     learners = p.having("learns_start")
@@ -123,7 +119,7 @@ def learned_start(scope: Scope, p: Program):
         _same_structure(scope, p, learners[0].op)
 
 
-def _same_structure(scope: Scope, p: Program, op: Operator):
+def _same_structure(scope: Scope, p: Facts, op: Operator):
     ups = [d for d in p.upper.variables + p.upper.models if d.name == p.start_from]
     downs = p.lower.variables + p.lower.models
     if len(ups) != len(downs) or any(_structure(u) != _structure(d) for u, d in zip(ups, downs)):
@@ -138,7 +134,7 @@ _RESTART_OVERRIDES = {"warm": "a warm start would discard it",
                       "reinit": "each outer step starts from it, not from a reinitialisation"}
 
 
-def restarted_lower(scope: Scope, p: Program):
+def restarted_lower(scope: Scope, p: Facts):
     written = p.setting("lower", "start")
     for w in p.having("restarts_lower"):
         if written is not None and p.lower.start.mode in _RESTART_OVERRIDES:
@@ -149,14 +145,14 @@ def restarted_lower(scope: Scope, p: Program):
 
 # --- the lower level's steps -------------------------------------------------------------------
 
-def one_inner_step(scope: Scope, p: Program):
+def one_inner_step(scope: Scope, p: Facts):
     for w in p.having("one_inner_step"):
         if p.lower.steps != 1:
             scope.error(f"{w.op.name} is a single-loop method and needs one inner step per outer step, "
                         f"not {p.lower.steps}", p.at("lower", "steps"), fix="set `steps = 1` in the lower block")
 
 
-def bounded_by_steps(scope: Scope, p: Program):
+def bounded_by_steps(scope: Scope, p: Facts):
     steps = p.lower.steps
     for w in p.having("bounded_by_steps"):
         for name, verb in w.op.bounded_by_steps.items():
@@ -169,7 +165,7 @@ def bounded_by_steps(scope: Scope, p: Program):
 
 # --- what the pipeline differentiates -------------------------------------------------------------
 
-def through_trajectory(scope: Scope, p: Program):
+def through_trajectory(scope: Scope, p: Facts):
     """Operators that act through the differentiated trajectory change nothing when the
     terminal differentiates at the lower solution."""
     terminal = p.solution_terminal
@@ -184,7 +180,7 @@ def through_trajectory(scope: Scope, p: Program):
                         + (f" (or nothing after {alone[0]})" if alone else ""))
 
 
-def cut_start(scope: Scope, p: Program):
+def cut_start(scope: Scope, p: Facts):
     """Cut off from its start, the trajectory carries no derivative to a start that is
     learned (an identically zero step) or that is the only way x reaches the lower objective."""
     if p.solution_terminal is not None:
@@ -203,7 +199,7 @@ def cut_start(scope: Scope, p: Program):
                                 f"`+ 0.5 * sqdist({(p.lower.variables + p.lower.models)[0].name}, {p.start_from})`")
 
 
-def solution_needs_upper_in_lower(scope: Scope, p: Program):
+def solution_needs_upper_in_lower(scope: Scope, p: Facts):
     """At the lower solution, x acts only through the lower objective."""
     terminal = p.solution_terminal
     if terminal is None or p.reads(p.lower_reads, "upper"):
@@ -220,7 +216,7 @@ def solution_needs_upper_in_lower(scope: Scope, p: Program):
                 terminal.span, fix=fix)
 
 
-def task_batches(scope: Scope, p: Program):
+def task_batches(scope: Scope, p: Facts):
     task_sets = {ds.name for ds in p.datasets if ds.tasks}
     if task_sets & {name for kind, name in p.lower_reads if kind == "data"} and not p.having("task_batches"):
         names = [op.name for op in rows_with("task_batches")]
@@ -230,14 +226,21 @@ def task_batches(scope: Scope, p: Program):
 
 # --- settings that cannot matter (warnings) ------------------------------------------------------
 
-def steps_unused(scope: Scope, p: Program):
+def datasets_used(scope: Scope, p: Facts):
+    for ds in p.datasets:
+        if ds.name not in scope.used:
+            scope.warn(f"dataset '{ds.name}' is never used", scope.symbols[ds.name].span,
+                       fix="use it in an objective or a metric, or remove it")
+
+
+def steps_unused(scope: Scope, p: Facts):
     for w in p.ops:
         if not w.op.uses_steps and p.lower.steps != 1:
             scope.warn(f"{w.op.name} takes one lower step per outer step: `steps = {p.lower.steps}` has no effect",
                        p.at("lower", "steps"), fix="set `steps = 1`")
 
 
-def inner_optimizer_unused(scope: Scope, p: Program):
+def inner_optimizer_unused(scope: Scope, p: Facts):
     """Operators that step the lower variables by plain gradient steps read only the inner lr."""
     plain = next((w for w in p.ops if w.op.inner_optimizer == "lr"), None)
     if plain is None:
@@ -253,7 +256,7 @@ def inner_optimizer_unused(scope: Scope, p: Program):
             scope.warn(f"{why}: {kw.name.text} has no effect", kw.span, fix=f"remove {kw.name.text}={scope.text_of(kw.value.span)}")
 
 
-def one_step_from_a_fresh_state(scope: Scope, p: Program):
+def one_step_from_a_fresh_state(scope: Scope, p: Facts):
     """The inner optimiser's state starts at zero every outer step: with one step, momentum (without
     nesterov) and Adam's betas cannot change that step."""
     if p.lower.steps != 1 or any(w.op.inner_optimizer == "lr" for w in p.ops):
@@ -273,7 +276,7 @@ def _keywords(optimizer: ast.Expr) -> list[ast.Keyword]:
 
 RULES = (lower_objective_reads_lower, upper_objective_reads_lower, upper_variables_used, direct_only,
          learned_start, restarted_lower, one_inner_step, bounded_by_steps, through_trajectory, cut_start,
-         solution_needs_upper_in_lower, task_batches, steps_unused, inner_optimizer_unused,
+         solution_needs_upper_in_lower, task_batches, datasets_used, steps_unused, inner_optimizer_unused,
          one_step_from_a_fresh_state)
 
 
