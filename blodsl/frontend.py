@@ -30,26 +30,20 @@ def read_source(path: str | Path) -> Source:
 def check_source(source: Source, base_dir: Path | None = None, settings=None) -> Checked:
     """Parses, applies `settings` ("KEY=VALUE" strings or a dict, as `--set`) and checks.
 
-    Raises BloError with every problem found: SettingsRejected when the program checks
-    without the settings, BadSetting for a setting that names nothing to set."""
+    Raises BloError with every problem found (of the program as written, when it is invalid
+    without the settings too), SettingsRejected when it checks without them, and BadSetting
+    for a setting that names nothing to set."""
     written = parse(source)
     given = command_line.overrides(settings)
     tree, placed = command_line.apply(written, given)
     try:
         program, warnings = check(tree, source, base_dir)
     except BloError as e:
-        if given and _checks(written, source, base_dir):
+        if given:
+            check(written, source, base_dir)  # an invalid program is reported as written
             raise command_line.rejected(e, placed) from None
         raise
     return Checked(source, tree, program, warnings)
-
-
-def _checks(tree: ast.File, source: Source, base_dir: Path | None) -> bool:
-    try:
-        check(tree, source, base_dir)
-    except BloError:
-        return False
-    return True
 
 
 def check_file(path: str | Path, settings=None) -> Checked:

@@ -186,3 +186,13 @@ def test_compile_builds_the_program_with_its_settings(in_root):
                               settings={"lower.steps": 3, "NS.k": 2})
     assert "steps=3" in pipeline.source and 'rt.Op("NS", k=2, alpha=0.1)' in pipeline.source
     assert pipeline.hypergradient()["log_lam"].abs().sum() > 0
+
+
+def test_an_invalid_program_is_reported_as_written(tmp_path):
+    path = tmp_path / "dm.blo"
+    path.write_text(program(hypergradient="hypergradient = DM -> RAD"))   # 20 steps
+    status, _, err = run_cli("check", str(path), "--set", "lower.steps=3")
+    assert status == 1
+    assert err.splitlines()[0] == (f"{path}:13:13: error: DM is a single-loop method and needs one inner step per "
+                                   "outer step, not 20")
+    assert run_cli("check", str(path), "--set", "lower.steps=1")[0] == 0   # a setting may make it valid
