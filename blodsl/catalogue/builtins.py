@@ -1,6 +1,7 @@
 """What a program can name without declaring it: functions, layers, variable
-initialisers, data sources and optimisers. Tables of data; the resolver
-checks calls against them and the engine gives each row its meaning.
+initialisers, data sources and optimisers. Tables of data, each keyword argument
+a parameter row (params.py); the resolver checks calls against them and the
+runtime gives each row its meaning.
 Nothing here imports torch: `blodsl check` stays fast and torch-free.
 """
 
@@ -26,6 +27,7 @@ def _sig(name, summary, min_args=0, max_args=None, *keywords: Param):
 
 def _reduction():
     return choice("reduction", "mean", "sum", "none", quoted=True)
+
 
 # --- functions usable in objectives ----------------------------------------
 
