@@ -10,9 +10,9 @@ import types
 from pathlib import Path
 
 from . import ir
-from .codegen import generate
 from .frontend import check_file, check_source
-from .diagnostics import Source
+from .lowering.codegen import generate
+from .syntax.source import Source
 
 _counter = itertools.count()
 
@@ -29,21 +29,25 @@ def load_module(code: str, program: ir.Program) -> types.ModuleType:
     return module
 
 
-def checked_program(path_or_source: str | Path) -> ir.Program:
-    """A .blo file (a Path, or a string naming an existing file) or the text of a program."""
+def checked_program(path_or_source: str | Path, settings=None) -> ir.Program:
+    """A .blo file (a Path, or a string naming an existing file) or the text of a program,
+    with `settings` applied as `--set` applies them."""
     text = str(path_or_source)
     if isinstance(path_or_source, Path) or ("\n" not in text and (text.endswith(".blo") or Path(text).is_file())):
-        return check_file(path_or_source).program
-    return check_source(Source("<program>", text), Path.cwd()).program
+        return check_file(path_or_source, settings).program
+    return check_source(Source("<program>", text), Path.cwd(), settings).program
 
 
 def compile(path_or_source, bindings: dict | None = None, device: str | None = None, compile: bool = True,
-            dtype: str | None = None, seed: int | None = None):  # noqa: A001 - the public name
+            dtype: str | None = None, seed: int | None = None, settings=None):  # noqa: A001 - the public name
     """Checks, generates and builds a program; returns its runtime Pipeline.
 
-    Raises blodsl.BloError (with located messages) for an invalid program and
+    `settings` changes the program as `blodsl run --set` does: {"CG.k": 3, "lower.start": "reinit"}
+    (a str value is read as on the command line) or ["CG.k=3", ...].
+    Raises blodsl.BloError (with located messages) for an invalid program or settings that
+    make it invalid, ValueError for a setting that names nothing to set, and
     blodsl.runtime.BuildError for a binding or file that does not fit it.
     """
-    program = checked_program(path_or_source)
+    program = checked_program(path_or_source, settings)
     module = load_module(generate(program), program)
     return module.build(bindings=bindings, device=device, dtype=dtype, compile=compile, seed=seed)

@@ -1,7 +1,8 @@
 """The `blodsl` command.
 
 Exit status: 0 valid, 1 invalid program (located messages on stderr),
-2 bad command line (missing file, unknown option), 3 internal error.
+2 bad command line (missing file, unknown option, a --set that names nothing
+to set, or --set values that make a valid program invalid), 3 internal error.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import sys
 from pathlib import Path
 
 from . import __version__, ir
-from .ast import dump
-from .diagnostics import BloError, render_all
+from .catalogue.params import RUN
 from .frontend import check_file
+from .semantics.settings import BadSetting, SettingsRejected
+from .syntax.ast import dump
+from .syntax.diagnostics import BloError, render_all
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -30,19 +33,21 @@ def _arguments() -> argparse.ArgumentParser:
     parser = _Parser(prog="blodsl", description="A language for gradient-based bilevel optimisation.")
     parser.add_argument("--version", action="version", version=f"blodsl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    check = commands.add_parser("check", help="check .blo programs and summarise them")
+    settings = _Parser(add_help=False)
+    settings.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                          help="set a setting as if the program wrote it, e.g. lower.steps=20, CG.k=5, "
+                               "upper.optimizer.lr=0.01 (repeatable)")
+    check = commands.add_parser("check", help="check .blo programs and summarise them", parents=[settings])
     check.add_argument("files", nargs="+", metavar="FILE")
-    compile_ = commands.add_parser("compile", help="print a stage of the compiler for one program")
+    compile_ = commands.add_parser("compile", help="print a stage of the compiler for one program", parents=[settings])
     compile_.add_argument("file", metavar="FILE")
     compile_.add_argument("--emit", choices=("ast", "ir", "py"), default=None,
                           help="ast: the syntax tree; ir: the checked program as JSON (the default); "
                                "py: the generated Python module (the default with -o)")
     compile_.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of printing")
-    run = commands.add_parser("run", help="train a program and report its metrics")
+    run = commands.add_parser("run", help="train a program and report its metrics", parents=[settings])
     run.add_argument("file", metavar="FILE")
     run.add_argument("--outer-steps", type=int, metavar="N", help="outer steps (default: the program's)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                     help="change a setting, e.g. lower.steps=20, CG.k=5, upper.optimizer.lr=0.01 (repeatable)")
     run.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: the program's, else CUDA when present)")
     run.add_argument("--dtype", choices=("float32", "float64"))
     run.add_argument("--seed", type=int)
@@ -54,9 +59,10 @@ def _arguments() -> argparse.ArgumentParser:
 
 
 def _device(text: str) -> str:
-    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"unknown device '{text}': use auto, cpu, cuda or cuda:N")
+    """--device is checked by the row of the run block's `device`."""
+    if RUN["device"].problem(text):
+        raise argparse.ArgumentTypeError(f"unknown device '{text}': use {RUN['device'].describe()}")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,15 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     status = EXIT_OK
     for path in files:
         try:
-            checked = check_file(path)
+            checked = check_file(path, args.settings)
         except OSError as e:
             print(f"blodsl: error: cannot read '{path}': {e.strerror or e}", file=sys.stderr)
+            return EXIT_USAGE
+        except BadSetting as e:
+            print(f"blodsl: error: {e}", file=sys.stderr)
             return EXIT_USAGE
         except BloError as e:
             print(render_all(e.diagnostics, e.source), file=sys.stderr)
             errors = sum(d.severity == "error" for d in e.diagnostics)
-            print(f"{path}: {errors} error{'s' if errors != 1 else ''}", file=sys.stderr)
-            status = EXIT_INVALID
+            cause = " with the --set values (it checks without them)" if isinstance(e, SettingsRejected) else ""
+            print(f"{path}: {errors} error{'s' if errors != 1 else ''}{cause}", file=sys.stderr)
+            status = max(status, EXIT_USAGE if isinstance(e, SettingsRejected) else EXIT_INVALID)
             continue
         except Exception as e:  # a bug in blodsl, not in the user's program
             if os.environ.get("BLODSL_DEBUG"):
@@ -102,7 +112,7 @@ def _compile(args, checked) -> int:
     elif emit == "ir":
         text = checked.program.model_dump_json(indent=2) + "\n"
     else:
-        from .codegen import generate
+        from .lowering.codegen import generate
 
         text = generate(checked.program, Path(args.output).parent if args.output else None)
     if not args.output:
@@ -131,13 +141,6 @@ def _is_generated(path: Path) -> bool:
 
 
 def _run(args, program: ir.Program) -> int:
-    from .overrides import OverrideError, apply
-
-    try:
-        program = apply(program, args.overrides)
-    except OverrideError as e:
-        print(f"blodsl: error: --set {e}", file=sys.stderr)
-        return EXIT_USAGE
     if args.outer_steps is not None and args.outer_steps < 1:
         print("blodsl: error: --outer-steps must be at least 1", file=sys.stderr)
         return EXIT_USAGE
@@ -211,7 +214,7 @@ def summary(program: ir.Program) -> str:
             how += f", {level.steps} step{'s' if level.steps != 1 else ''} per outer step, {start} start"
         lines.append(f"  {level.level:<9} {'; '.join(decls)}")
         lines.append(f"  {'':<9} {how}")
-    lines.append(f"  pipeline  {program.pipeline.text}")
+    lines.append(f"  pipeline  {program.hypergradient.text}")
     run = program.run
     metrics = ", ".join(m.name for m in run.metrics) or "none"
     lines.append(f"  run       {run.outer_steps} outer steps, metrics {metrics} every {run.eval_every}; "

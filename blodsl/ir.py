@@ -20,7 +20,7 @@ class Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-Level = Literal["upper", "lower"]
+LevelName = Literal["upper", "lower"]
 
 # --- expressions ---------------------------------------------------------------
 
@@ -46,21 +46,21 @@ class SizeRef(Node):
 
 class VarRef(Node):
     kind: Literal["var"] = "var"
-    level: Level
+    level: LevelName
     name: str
 
 
 class ModelRef(Node):
     """A model as a value: all its weights (as in `sqnorm(net)`)."""
     kind: Literal["model"] = "model"
-    level: Level
+    level: LevelName
     name: str
 
 
 class ParamRef(Node):
     """One weight tensor of a model: `net.weight`."""
     kind: Literal["param"] = "param"
-    level: Level
+    level: LevelName
     model: str
     param: str
 
@@ -68,13 +68,13 @@ class ParamRef(Node):
 class Apply(Node):
     """A model applied to inputs: `net(train.x)`."""
     kind: Literal["apply"] = "apply"
-    level: Level
+    level: LevelName
     model: str
     args: list[Expr]
 
 
 class Call(Node):
-    """A built-in function (blodsl.builtins.FUNCTIONS or METRICS)."""
+    """A built-in function (blodsl.catalogue.builtins.FUNCTIONS or METRICS)."""
     kind: Literal["call"] = "call"
     fn: str
     args: list[Expr]
@@ -153,7 +153,7 @@ class Dataset(Node):
 
 class Variable(Node):
     name: str
-    level: Level
+    level: LevelName
     init: str                 # zeros, ones, full, normal, uniform, input
     shape: list[Dim]
     args: dict[str, Arg] = {}
@@ -162,7 +162,7 @@ class Variable(Node):
 
 class Model(Node):
     name: str
-    level: Level
+    level: LevelName
     spec: LayerSpec
     parameters: list[str]     # names reachable as `net.NAME` ([] when not known before run time)
     line: int
@@ -188,7 +188,7 @@ class Start(Node):
 
 
 class LevelDecl(Node):
-    level: Level
+    level: LevelName
     variables: list[Variable]
     models: list[Model]
     objective: Objective
@@ -198,7 +198,8 @@ class LevelDecl(Node):
     line: int
 
 
-class Operator(Node):
+class OperatorUse(Node):
+    """One operator of the hypergradient pipeline, as the program uses it."""
     name: str
     stage: str
     params: dict[str, Arg]    # every parameter, defaults filled in
@@ -206,8 +207,9 @@ class Operator(Node):
     line: int
 
 
-class Pipeline(Node):
-    operators: list[Operator]
+class OperatorChain(Node):
+    """The hypergradient pipeline: `hypergradient = PTT -> RAD`."""
+    operators: list[OperatorUse]
     text: str                 # canonical form, e.g. "NGD -> PTT -> RAD"
     line: int
 
@@ -242,7 +244,7 @@ class Program(Node):
     datasets: list[Dataset]
     upper: LevelDecl
     lower: LevelDecl
-    pipeline: Pipeline
+    hypergradient: OperatorChain
     run: Run
 
 
@@ -256,6 +258,19 @@ def nodes(tree):
     if isinstance(tree, (list, tuple)):
         for item in tree:
             yield from nodes(item)
+
+
+def references(expr) -> set[tuple[str, str]]:
+    """(level or 'data', name) of every variable, model and dataset an expression uses."""
+    found = set()
+    for node in nodes(expr):
+        if isinstance(node, (VarRef, ModelRef)):
+            found.add((node.level, node.name))
+        elif isinstance(node, (ParamRef, Apply)):
+            found.add((node.level, node.model))
+        elif isinstance(node, (DataRef, SizeRef)):
+            found.add(("data", node.dataset))
+    return found
 
 
 for _model in (Apply, Call, UserCall, BinOp, Unary, Compare, ListOf, Index, LayerSpec, Objective, Metric):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import ir
 from .api import load_module
-from .codegen import generate
+from .lowering.codegen import generate
 
 
 def new_folder(root: Path, stem: str) -> Path:
@@ -61,7 +61,7 @@ def run(program: ir.Program, *, outer_steps: int | None, device: str | None, dty
     started = time.perf_counter()
     pipeline = module.build(device=device, dtype=dtype, compile=compile, seed=seed)
     total = program.run.outer_steps if outer_steps is None else outer_steps
-    say(f"{name}: {program.pipeline.text}, {total} outer steps of {program.lower.steps} inner steps "
+    say(f"{name}: {program.hypergradient.text}, {total} outer steps of {program.lower.steps} inner steps "
         f"on {pipeline.device} ({str(pipeline.dtype).removeprefix('torch.')}"
         f"{', compiled' if compile else ', eager'})")
     if compile:
@@ -88,7 +88,7 @@ def run(program: ir.Program, *, outer_steps: int | None, device: str | None, dty
     compared = pipeline.compare() if baseline else None
     torch.save(pipeline.state_dict(), folder / "state.pt")
     summary = {
-        "program": program.path, "pipeline": program.pipeline.text, "outer_steps": total,
+        "program": program.path, "pipeline": program.hypergradient.text, "outer_steps": total,
         "device": str(pipeline.device), "dtype": str(pipeline.dtype).removeprefix("torch."), "compiled": compile,
         "first_step_s": round((first_step_done or finished) - started, 3),
         "seconds": round(finished - started, 3), "final": final, "baseline": compared, "folder": str(folder),

@@ -1,7 +1,8 @@
 """Building small programs for tests: one valid base, changed line by line."""
 
-from blodsl.diagnostics import BloError, Source
 from blodsl.frontend import check_source
+from blodsl.syntax.diagnostics import BloError
+from blodsl.syntax.source import Source
 
 BASE = """data {
     train, val, test = digits(split=[0.5, 0.2, 0.3], label_noise=0.4)
@@ -42,6 +43,19 @@ hypergradient = IAD
 """
 
 
+def maml(extra_metric: str = "", pipeline: str = "IAD") -> str:
+    """META with meta-test tasks, a baseline and a meta-test metric (and `extra_metric`)."""
+    text = META.replace("tasks = sinusoid(tasks=4, shots=5, queries=5)",
+                        "tasks = sinusoid(tasks=4, shots=5, queries=5)\n"
+                        "    test_tasks = sinusoid(tasks=6, shots=5, queries=7, seed=1)")
+    return text.replace("hypergradient = IAD", f"hypergradient = {pipeline}") + (
+        "run {\n"
+        "    baseline = initial\n"
+        "    metric meta_test = mse(learner(tasks.query_x), tasks.query_y) with tasks = test_tasks\n"
+        f"{extra_metric}"
+        "}\n")
+
+
 def program(base: str = BASE, **lines: str | None) -> str:
     """`base` with lines changed. program(steps="steps = 1") replaces the last line that
     starts with `steps =` (keeping its indentation); None deletes it; a key `after_steps`
@@ -71,3 +85,8 @@ def errors_of(text: str) -> list[str]:
     except BloError as e:
         return [d.message for d in e.diagnostics if d.severity == "error"]
     return []
+
+
+def warnings_of(text: str) -> list[str]:
+    """The messages of every warning of a valid program."""
+    return [d.message for d in check_text(text).warnings]

@@ -50,7 +50,7 @@ def test_usage_errors_exit_2():
 
 def test_compile_emits_ast_and_ir(in_root):
     status, out, _ = run_cli("compile", "programs/sinusoid_maml.blo", "--emit", "ast")
-    assert status == 0 and out.startswith("Program")
+    assert status == 0 and out.startswith("File")
     lines = (ROOT / "programs" / "sinusoid_maml.blo").read_text().splitlines()
     learner = 1 + next(i for i, line in enumerate(lines) if "model learner" in line)
     start = 1 + next(i for i, line in enumerate(lines) if "start = from" in line)
@@ -58,7 +58,7 @@ def test_compile_emits_ast_and_ir(in_root):
     status, out, _ = run_cli("compile", "programs/sinusoid_maml.blo", "--emit", "ir")
     program = json.loads(out)
     assert status == 0
-    assert [op["name"] for op in program["pipeline"]["operators"]] == ["NGD", "IAD"]
+    assert [op["name"] for op in program["hypergradient"]["operators"]] == ["NGD", "IAD"]
     assert program["lower"]["start"] == {"mode": "from", "source": "meta", "line": start}
 
 
@@ -86,3 +86,24 @@ def test_long_lines_are_shown_as_a_window_around_the_caret(tmp_path):
     assert status == 1
     assert len(excerpt) < 140 and excerpt.endswith("-> zzz")
     assert caret.index("^") == excerpt.index("zzz") and caret.endswith("^^^")
+
+
+def test_check_prints_warnings_and_succeeds(tmp_path):
+    from helpers import program
+
+    path = tmp_path / "one_step.blo"
+    path.write_text(program(steps="steps = 1", optimizer="optimizer = SGD(lr=0.5, momentum=0.9)"))
+    status, out, err = run_cli("check", str(path))
+    assert status == 0 and out.startswith(f"{path}: ok\n")
+    assert err.splitlines() == [
+        f"{path}:12:29: warning: momentum has no effect with one inner step: the optimiser's state starts at zero "
+        "every outer step, so its first step does not depend on it",
+        " 12 |     optimizer = SGD(lr=0.5, momentum=0.9)",
+        "    |                             ^^^^^^^^^^^^",
+        "  fix: remove momentum=0.9",
+    ]
+
+
+def test_an_unknown_device_is_a_command_line_error(in_root):
+    status, _, err = run_cli("run", "programs/hyper_cleaning.blo", "--device", "bogus")
+    assert status == 2 and "unknown device 'bogus'" in err

@@ -110,3 +110,13 @@ hypergradient = RAD
     assert pipeline.problem.sizes == {"train.n": 30, "train.features": 3, "train.classes": 2,
                                       "val.n": 30, "val.features": 3, "val.classes": 2}
     assert pipeline.hypergradient()["log_decay"].abs() > 0
+
+
+def test_labels_of_minus_one_and_one_and_misaligned_files(tmp_path):
+    from blodsl.runtime import data
+
+    x = torch.randn(10, 2)
+    table, = data.split_table(x, torch.tensor([-1, 1] * 5), [1.0], 0)
+    assert table.sizes["classes"] == 2 and set(table.fields["y"].tolist()) == {0, 1}
+    with pytest.raises(data.DataError, match="10 rows but the targets 8"):
+        data.split_table(x, torch.zeros(8), [1.0], 0)

@@ -7,9 +7,11 @@ import os
 import pytest
 import torch
 
-from blodsl.codegen import generate
+import blodsl
 from blodsl.frontend import check_file
+from blodsl.lowering.codegen import generate
 from conftest import GOLDEN, PROGRAMS, ROOT
+from helpers import BASE
 
 UPDATE = os.environ.get("BLODSL_UPDATE_GOLDEN") == "1"
 
@@ -68,3 +70,16 @@ def test_generated_code_reads_like_the_program(in_root):
     assert "fn.mean(fn.sigmoid(w) * fn.cross_entropy(net(train[\"x\"]), train[\"y\"], reduction=\"none\"))" in code
     assert "# hyper_cleaning.blo:27  mean(sigmoid(w) * cross_entropy(" in code
     assert "rt.inner.SGD(lr=0.5, momentum=0.9, weight_decay=0.0, nesterov=False),  # hyper_cleaning.blo:28" in code
+
+
+def test_generated_names_and_comparisons():
+    text = (BASE.replace("train, val, test", "data, val, test").replace("train.", "data.")
+            .replace("var w = zeros(data.n)", "var w = zeros(data.n)\n    var data_ = 0.5")
+            .replace("sigmoid(w) *", "sigmoid(w + data_) *")
+            .replace("metric test_accuracy = accuracy(net(test.x), test.y)",
+                     "metric agree = precision((sum(net(test.x), dim=1) > 0) == (test.y > 4), test.y >= 0)"))
+    code = generate(blodsl.api.checked_program(text))
+    assert '(fn.sum(net(test["x"]), dim=1) > 0) == (test["y"] > 4)' in code
+    pipeline = blodsl.compile(text, compile=False)
+    assert set(pipeline.hypergradient()) == {"w", "data_"}
+    assert 0 <= pipeline.evaluate()["agree"] <= 1

@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 
 from blodsl import ir
-from blodsl.diagnostics import Source
+from blodsl.syntax.source import Source
 from blodsl.frontend import check_source
 from helpers import BASE, check_text, errors_of, program
 
 
 def ops(text):
-    return [(op.name, op.params, op.implied) for op in check_text(text).program.pipeline.operators]
+    return [(op.name, op.params, op.implied) for op in check_text(text).program.hypergradient.operators]
 
 
 def test_implied_ngd_is_explicit_in_the_ir():
@@ -30,8 +30,10 @@ def test_defaults_taken_from_the_program():
 
 
 def test_canonical_text_fills_parameters():
-    checked = check_text(program(hypergradient="hypergradient = DI(lr=0.05) -> RGT(truncate=4) -> RAD"))
-    assert checked.program.pipeline.text == "DI(lr=0.05) -> NGD -> RGT(truncate=4) -> RAD"
+    checked = check_text(program(hypergradient="hypergradient = GDA(alpha=0.2) -> RGT(truncate=4) -> RAD"))
+    assert checked.program.hypergradient.text == "GDA(alpha=0.2, alpha_decay=0.9) -> NGD -> RGT(truncate=4) -> RAD"
+    checked = check_text(program(hypergradient="hypergradient = DI(lr=0.05) -> PTT -> RAD"))
+    assert checked.program.hypergradient.text == "DI(lr=0.05) -> NGD -> PTT -> RAD"
 
 
 def test_di_restarts_from_its_learned_value():
@@ -162,3 +164,25 @@ def test_expression_errors(line, message):
         assert "the lower objective does not depend" not in " ".join(errors)
     else:
         assert message in errors
+
+
+def test_keyword_arguments_are_constants_checked_by_their_rows():
+    text = program(**{"model net": "model net = Sequential(Conv2d(1, 4, 3, stride=2, bias=False), Flatten(), "
+                                   "Linear(36, train.classes))"},
+                   objective='objective = mean(sigmoid(w) * cross_entropy(net(train.x), train.y, reduction="none"), '
+                             'dim=[0])')
+    lower = check_text(text).program.lower
+    conv = lower.models[0].spec.args[0]
+    assert (conv.name, conv.kwargs) == ("Conv2d", {"stride": 2, "bias": False})
+    assert lower.objective.expr.kwargs == {"dim": ir.ListOf(items=[ir.Const(value=0)])}
+
+
+@pytest.mark.parametrize("source,message", [
+    ("digits(split=[0.5, 0.2, 0.3], label_noise=1.5)", "digits' label_noise must be a fraction in [0, 1), not 1.5"),
+    ("digits(split=[0.5, 0.6, 0.3])", "digits' split must be a list of positive fractions that add up to at most 1"),
+    ("digits(split=[0.5, 0.2, 0.3], seed=-1)", "digits' seed must be an integer >= 0, not -1"),
+    ("digits(split=[0.5, 0.2, 0.3], standardize=1)", "digits' standardize must be True or False, not 1"),
+])
+def test_data_source_arguments_are_checked_by_their_rows(source, message):
+    errors = errors_of(BASE.replace("digits(split=[0.5, 0.2, 0.3], label_noise=0.4)", source))
+    assert any(e.startswith(message) for e in errors), errors

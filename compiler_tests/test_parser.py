@@ -1,4 +1,4 @@
-"""Unit tests of the parser: source text -> blodsl.ast trees.
+"""Unit tests of the parser: source text -> blodsl.syntax.ast trees.
 
 Trees are compared with ==, which ignores spans (Node.span has compare=False);
 the span tests at the end check positions explicitly.
@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from blodsl import ast
-from blodsl.diagnostics import BloError, Source, Span
-from blodsl.parser import decode, parse
+from blodsl.syntax import ast
+from blodsl.syntax.diagnostics import BloError
+from blodsl.syntax.source import Source, Span
+from blodsl.syntax.parser import decode, parse
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
 
 
-def parse_text(text: str) -> ast.Program:
+def parse_text(text: str) -> ast.File:
     return parse(Source("t.blo", text))
 
 

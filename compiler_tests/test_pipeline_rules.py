@@ -1,9 +1,10 @@
-"""Every composition rule of OPERATORS.md: at least one pipeline accepted and one rejected,
-checked as whole programs so the program-dependent rules (steps, IAD structure) count too."""
+"""Every rule the operator rows take part in: at least one pipeline accepted and one rejected,
+checked as whole programs so the program-dependent rules (steps, IAD structure) count too;
+and the warnings for settings that cannot matter."""
 
 import pytest
 
-from helpers import BASE, META, check_text, errors_of, program
+from helpers import BASE, META, check_text, errors_of, program, warnings_of
 
 GAFFO = """data {
     train, val = regression(features=5, split=[0.5, 0.5])
@@ -17,14 +18,16 @@ lower {
     var w = zeros(train.features)
     objective = mean((train.x @ w - train.y) ** 2) + sum((w - v) ** 2)
     optimizer = SGD(lr=0.1)
-    steps = 5
+    steps = 1
+    start = from(v)
 }
 hypergradient = GAFFO(lambda=0.5)
 """
 
 ACCEPTED = [
     # stage order: dynamics modifiers, core, trajectory modifiers, IAD, terminal
-    ("full canonical chain", program(hypergradient="hypergradient = GDA(alpha=0.3) -> DI -> PTT -> RGT(truncate=5) -> RAD")),
+    ("full canonical chain", program(hypergradient="hypergradient = GDA(alpha=0.3) -> DI -> PTT -> RAD")),
+    ("full canonical chain with RGT", program(hypergradient="hypergradient = GDA(alpha=0.3) -> PTT -> RGT(truncate=5) -> RAD")),
     ("explicit NGD", program(hypergradient="hypergradient = NGD -> RAD")),
     ("every terminal alone", program(hypergradient="hypergradient = CG(k=3)")),
     ("NS", program(hypergradient="hypergradient = NS(k=5, alpha=0.1)")),
@@ -43,6 +46,9 @@ ACCEPTED = [
         META, hypergradient="hypergradient = IAD -> CG(k=5)",
         objective="objective = mse(learner(tasks.support_x), tasks.support_y) + 0.5 * sqdist(learner, meta)")),
     ("IAD handing on to RAD after FOA", program(META, hypergradient="hypergradient = FOA -> IAD -> RAD")),
+    ("RGT before IAD when the lower objective reads the meta-model", program(
+        META, hypergradient="hypergradient = RGT(truncate=2) -> IAD",
+        objective="objective = mse(learner(tasks.support_x), tasks.support_y) + 0.5 * sqdist(learner, meta)")),
     ("DI without IAD", program(hypergradient="hypergradient = DI -> RAD")),
     ("RGT with FD absent", program(hypergradient="hypergradient = RGT(truncate=19) -> RAD")),
     ("DM with CG and one step", program(steps="steps = 1", hypergradient="hypergradient = DM -> CG")),
@@ -83,6 +89,19 @@ REJECTED = [
      "the pipeline has no hypergradient operator"),
     ("DI with IAD", program(META, hypergradient="hypergradient = DI -> IAD"),
      "DI and IAD cannot be combined"),
+    ("DI with RGT", program(hypergradient="hypergradient = DI -> RGT(truncate=5) -> RAD"),
+     "RGT cuts the differentiated trajectory off from the lower level's start, so the start DI learns would never move"),
+    ("DI with an explicit reinit start", program(hypergradient="hypergradient = DI -> RAD", after_steps="start = reinit"),
+     "DI learns the lower level's initial value; each outer step starts from it, not from a reinitialisation"),
+    ("RGT before IAD with no other path from the upper level", program(META, hypergradient="hypergradient = RGT(truncate=2) -> IAD"),
+     "RGT cuts the differentiated trajectory off from the lower level's start, and the lower objective reads no "
+     "upper variable"),
+    ("FD after IAD", program(META, hypergradient="hypergradient = IAD -> FD",
+                             objective="objective = mse(learner(tasks.support_x), tasks.support_y) + sqdist(learner, meta)"),
+     "FD and IAD cannot be combined: FD differentiates at the final lower solution only"),
+    ("IGA after IAD", program(META, hypergradient="hypergradient = IAD -> IGA",
+                              objective="objective = mse(learner(tasks.support_x), tasks.support_y) + sqdist(learner, meta)"),
+     "IGA and IAD cannot be combined: IGA differentiates at the final lower solution only"),
     ("FOA without IAD", program(hypergradient="hypergradient = FOA -> RAD"), "FOA needs IAD"),
     ("FD with RGT", program(hypergradient="hypergradient = RGT(truncate=3) -> FD"), "FD and RGT cannot be combined"),
     ("DM with NS", program(steps="steps = 1", hypergradient="hypergradient = DM -> NS"), "DM needs CG or RAD"),
@@ -96,10 +115,12 @@ REJECTED = [
      "IAD needs upper and lower variables of identical structure"),
     ("IAD without start", program(META, start=None), "IAD learns the lower level's initial value"),
     ("start from without IAD", program(META, hypergradient="hypergradient = RAD"),
-     "only IAD differentiates"),
+     "the lower level starts from an upper-level model, which only IAD or GAFFO learns"),
     ("ALTO with zero gradient", program(hypergradient="hypergradient = ALTO"), "ALTO's hypergradient"),
-    ("GAFFO on different structures", program(hypergradient="hypergradient = GAFFO"),
+    ("GAFFO on different structures", program(hypergradient="hypergradient = GAFFO", after_steps="start = from(w)"),
      "GAFFO needs upper and lower variables of identical structure"),
+    ("GAFFO without start", program(hypergradient="hypergradient = GAFFO"),
+     "GAFFO learns the lower level's initial value, but the lower level does not start from an upper-level model"),
     ("parameter of wrong type", program(hypergradient="hypergradient = CG(k=2.5)"), "CG's k must be an integer >= 1"),
     ("negative checkpoint", program(hypergradient="hypergradient = RAD(checkpoint=-1)"),
      "RAD's checkpoint must be an integer >= 0"),
@@ -110,6 +131,48 @@ REJECTED = [
      "DM's strategy must be one of s1, s2, s3"),
     ("positional parameter", program(hypergradient="hypergradient = CG(10)"), "CG takes keyword arguments only"),
 ]
+
+
+# Settings that cannot matter: warnings, not errors.
+ONE_STEP = program(steps="steps = 1", hypergradient="hypergradient = FD")
+WARNED = [
+    ("momentum with one inner step", program(ONE_STEP, optimizer="optimizer = SGD(lr=0.5, momentum=0.9)"),
+     ["momentum has no effect with one inner step: the optimiser's state starts at zero every outer step, "
+      "so its first step does not depend on it"]),
+    ("Adam's betas with one inner step", program(ONE_STEP, optimizer="optimizer = Adam(lr=0.01, betas=[0.5, 0.9])"),
+     ["betas has no effect with one inner step: the optimiser's state starts at zero every outer step, "
+      "so its first step does not depend on it"]),
+    ("inner arguments beside a method that steps at the inner lr",
+     program(optimizer="optimizer = SGD(lr=0.5, momentum=0.9, weight_decay=0.1)", hypergradient="hypergradient = VFO"),
+     ["VFO steps the lower variables by plain gradient steps at the inner learning rate: momentum has no effect",
+      "VFO steps the lower variables by plain gradient steps at the inner learning rate: weight_decay has no effect"]),
+    ("Adam beside a method that steps at the inner lr",
+     program(steps="steps = 1", optimizer="optimizer = Adam(lr=0.01)", hypergradient="hypergradient = DM -> RAD"),
+     ["DM steps the lower variables by plain gradient steps at the inner learning rate: Adam's own update is not used"]),
+    ("steps beside a method that takes one lower step", program(hypergradient="hypergradient = MESO"),
+     ["MESO takes one lower step per outer step: `steps = 20` has no effect"]),
+]
+CLEAN = [
+    ("momentum with nesterov and one step",
+     program(ONE_STEP, optimizer="optimizer = SGD(lr=0.5, momentum=0.9, nesterov=True)")),
+    ("momentum with several steps", program(optimizer="optimizer = SGD(lr=0.5, momentum=0.9)")),
+    ("Adam's eps and weight decay with one step", program(ONE_STEP, optimizer="optimizer = Adam(lr=0.01, eps=1e-6, weight_decay=0.1)")),
+    ("only the lr beside a method that steps at the inner lr", program(hypergradient="hypergradient = PGDO")),
+    ("one step beside a method that takes one lower step", program(
+        BASE.replace("objective = cross_entropy(net(val.x), val.y)",
+                     "objective = cross_entropy(net(val.x), val.y) + 1e-3 * sum(w ** 2)"),
+        steps="steps = 1", hypergradient="hypergradient = ALTO")),
+]
+
+
+@pytest.mark.parametrize("name,text,warnings", WARNED, ids=[w[0] for w in WARNED])
+def test_settings_that_cannot_matter_are_warned(name, text, warnings):
+    assert warnings_of(text) == warnings
+
+
+@pytest.mark.parametrize("name,text", CLEAN, ids=[c[0] for c in CLEAN])
+def test_settings_that_matter_are_not_warned(name, text):
+    assert warnings_of(text) == []
 
 
 @pytest.mark.parametrize("name,text", ACCEPTED, ids=[a[0] for a in ACCEPTED])
@@ -124,7 +187,7 @@ def test_rejected(name, text, message):
 
 
 def test_wrong_order_fix_shows_the_canonical_order_and_nothing_is_reordered():
-    from blodsl.diagnostics import BloError
+    from blodsl.syntax.diagnostics import BloError
     text = program(hypergradient="hypergradient = RGT(truncate=3) -> GDA(alpha=0.2) -> DI -> RAD")
     with pytest.raises(BloError) as raised:
         check_text(text)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from blodsl import ir
-from blodsl.ast import dump
+from blodsl.syntax.ast import dump
 from blodsl.frontend import check_file
 from conftest import GOLDEN, PROGRAMS, ROOT, run_cli
 

@@ -15,18 +15,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Span:
-    """1-based line and column of the first character; end_col is one past the last."""
-    line: int
-    col: int
-    end_line: int
-    end_col: int
-
-    @staticmethod
-    def point(line: int, col: int) -> "Span":
-        return Span(line, col, line, col + 1)
+from .source import Source, Span
 
 
 @dataclass
@@ -41,21 +30,10 @@ class Diagnostic:
 class BloError(Exception):
     """A program that is not valid: carries every diagnostic found."""
 
-    def __init__(self, diagnostics: list[Diagnostic], source: "Source"):
+    def __init__(self, diagnostics: list[Diagnostic], source: Source):
         self.diagnostics = diagnostics
         self.source = source
         super().__init__(render_all(diagnostics, source))
-
-
-@dataclass
-class Source:
-    path: str
-    text: str
-
-    def line(self, number: int) -> str:
-        # Only '\n' ends a line, as for the parser (str.splitlines also splits on form feeds).
-        lines = self.text.split("\n")
-        return lines[number - 1].removesuffix("\r") if 0 < number <= len(lines) else ""
 
 
 def suggest(word: str | None, candidates, *, hint: str = "") -> str | None:
@@ -68,6 +46,11 @@ def suggest(word: str | None, candidates, *, hint: str = "") -> str | None:
     if not close:
         return None
     return f"did you mean '{close[0]}'?" + (f" {hint}" if hint else "")
+
+
+def possessive(name: str) -> str:
+    """digits' split, CG's k."""
+    return f"{name}'" if name.endswith("s") else f"{name}'s"
 
 
 MAX_WIDTH = 120  # longer source lines are shown as a window around the caret
@@ -92,15 +75,19 @@ def _excerpt(source: Source, span: Span, gutter: int) -> list[str]:
     ]
 
 
+def _where(source: Source, span: Span) -> str:
+    return f"{source.path}:{span.line}:{span.col}" + (f" ({span.origin})" if span.origin else "")
+
+
 def render(diag: Diagnostic, source: Source) -> str:
-    where = f"{source.path}:{diag.span.line}:{diag.span.col}" if diag.span else source.path
+    where = _where(source, diag.span) if diag.span else source.path
     out = [f"{where}: {diag.severity}: {diag.message}"]
     spans = [diag.span] + [s for s, _ in diag.notes]
     gutter = max((len(str(s.line)) for s in spans if s), default=1)
     if diag.span:
         out += _excerpt(source, diag.span, gutter)
     for span, note in diag.notes:
-        out.append(f"{source.path}:{span.line}:{span.col}: note: {note}")
+        out.append(f"{_where(source, span)}: note: {note}")
         out += _excerpt(source, span, gutter)
     if diag.fix:
         fix_lines = diag.fix.splitlines()

@@ -2,14 +2,14 @@
 
 Nodes are plain dataclasses. Every node carries its source span, kept out of
 equality so tests compare trees, not positions. The tree says what was
-written; what it means is the resolver's job (blodsl.resolve).
+written; what it means is the resolver's job (blodsl.semantics).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
 
-from .diagnostics import Span
+from .source import Span
 
 
 @dataclass
@@ -151,7 +151,8 @@ class Import(Node):
 
 
 @dataclass
-class Program(Node):
+class File(Node):
+    """A whole .blo file: its imports, blocks and top-level settings, in order."""
     items: list[Import | Block | Statement]
 
 

@@ -1,6 +1,6 @@
-"""The pipeline checker: one NetworkX pass over the operator table.
+"""The pipeline checker: one NetworkX pass over the operator rows.
 
-The table (blodsl.operators) becomes two graphs: `precedes`, whose edges say
+The rows (blodsl.catalogue.operators) become two graphs: `precedes`, whose edges say
 which operator may directly follow which (from the stage order), and
 `constraints`, whose edges carry the excludes/requires rules with their
 reasons. A written pipeline is a path; it is valid when each of its edges is
@@ -15,10 +15,14 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from . import ast
-from .diagnostics import Diagnostic, Span, suggest
-from .operators import BY_NAME, FIRST_ORDER, REQUIRED, TERMINALS, Operator
-from .values import NotConstant, constant
+from .. import ir
+from ..catalogue.operators import BY_NAME, ORDER, TERMINALS, Operator
+from ..catalogue.params import REQUIRED, AtRunTime, FromProgram
+from ..syntax import ast
+from ..syntax.diagnostics import Diagnostic, possessive, suggest
+from ..syntax.source import Span
+from .calls import checked_value
+from .scope import NO_VALUE, Scope
 
 
 @dataclass
@@ -40,7 +44,7 @@ def rule_graphs() -> tuple[nx.DiGraph, nx.MultiDiGraph]:
     ranked = [op for op in BY_NAME.values() if op.rank is not None]
     for a in ranked:
         for b in ranked:
-            if a.rank < b.rank and not (a.terminal and a.name != "IAD"):
+            if a.rank < b.rank:
                 precedes.add_edge(a.name, b.name)
     for op in BY_NAME.values():
         for other, why in op.excludes.items():
@@ -52,13 +56,9 @@ def rule_graphs() -> tuple[nx.DiGraph, nx.MultiDiGraph]:
     return precedes, constraints
 
 
-def canonical_text(ops: list[WrittenOp]) -> str:
-    return " -> ".join(_op_text(w.op.name, w.args) for w in ops)
-
-
 def _op_text(name: str, args: dict) -> str:
     op = BY_NAME.get(name)
-    quiet = {p.name for p in op.params if p.quiet and args.get(p.name) == p.default} if op else set()
+    quiet = {p.name for p in op.params if p.quiet and args.get(p.name) == _unwritten(p.default)} if op else set()
     args = {k: v for k, v in args.items() if k not in quiet}
     if not args:
         return name
@@ -71,86 +71,72 @@ def _value_text(v) -> str:
     return str(v)
 
 
-def read_pipeline(expr: ast.Expr) -> tuple[list[WrittenOp], list[Diagnostic]]:
-    """Names and arguments of each operator; unknown names and bad arguments are reported."""
+def written_pipeline(scope: Scope, expr: ast.Expr) -> list[WrittenOp] | None:
+    """The operators as written, or None when a name, an argument or the composition is wrong."""
+    before = len(scope.problems)
     items = expr.items if isinstance(expr, ast.Chain) else [expr]
-    ops, problems = [], []
-    for item in items:
-        written = _read_op(item, problems)
-        if written:
-            ops.append(written)
-    return ops, problems
+    ops = [w for w in (_read_op(scope, item) for item in items) if w]
+    if len(scope.problems) == before:
+        scope.problems += check_composition(ops)
+    return ops if len(scope.problems) == before else None
 
 
-def _read_op(item: ast.Expr, problems: list[Diagnostic]) -> WrittenOp | None:
+def _read_op(scope: Scope, item: ast.Expr) -> WrittenOp | None:
+    """An operator's name and arguments; unknown names and bad arguments are reported."""
     match item:
         case ast.Name(id=name):
             args_ast, kwargs, name_span = [], [], item.span
         case ast.Call(func=ast.Name(id=name) as func, args=args_ast, kwargs=kwargs):
             name_span = func.span
         case _:
-            problems.append(Diagnostic(
-                "expected an operator name such as RAD or CG(k=10)", item.span,
-                fix="write the pipeline as operators joined by '->', e.g. `hypergradient = PTT -> RAD`"))
+            scope.error("expected an operator name such as RAD or CG(k=10)", item.span,
+                        fix="write the pipeline as operators joined by '->', e.g. `hypergradient = PTT -> RAD`")
             return None
     op = BY_NAME.get(name)
     if op is None:
         hint = "Operator names are upper case." if name.upper() in BY_NAME else ""
-        problems.append(Diagnostic(f"unknown operator '{name}'", name_span,
-                                   fix=suggest(name, BY_NAME, hint=hint)
-                                   or "known operators: " + ", ".join(BY_NAME)))
+        scope.error(f"unknown operator '{name}'", name_span,
+                    fix=suggest(name, BY_NAME, hint=hint) or "known operators: " + ", ".join(BY_NAME))
         return None
     for a in args_ast:
         example = f"{name}({op.params[0].name}=...)" if op.params else name
-        problems.append(Diagnostic(f"{name} takes keyword arguments only", a.span,
-                                   fix=f"name the parameter, e.g. {example}" if op.params
-                                   else f"{name} takes no parameters; write {name}"))
+        scope.error(f"{name} takes keyword arguments only", a.span,
+                    fix=f"name the parameter, e.g. {example}" if op.params else f"{name} takes no parameters; write {name}")
     args, spans = {}, {}
     for kw in kwargs:
         key = kw.name.text
         param = op.param(key)
         if param is None:
             names = [p.name for p in op.params]
-            problems.append(Diagnostic(
-                f"{name} has no parameter '{key}'", kw.name.span,
-                fix=suggest(key, names) or (f"{name} takes: {', '.join(names)}" if names
-                                            else f"{name} takes no parameters")))
-            continue
-        if key in spans:
-            problems.append(Diagnostic(f"parameter '{key}' is given twice", kw.name.span))
-            continue
-        spans[key] = kw.value.span
-        try:  # a choice may be written bare, strategy=s2, or quoted
-            value = constant(kw.value, what=f"{name}'s {key}", words=bool(param.choices))
-        except NotConstant as e:
-            problems.append(e.diagnostic)
-            continue
-        if param.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        why = param.problem(value)
-        if why:
-            problems.append(Diagnostic(f"{name}'s {key} {why}, not {value!r}", kw.value.span))
-            continue
-        args[key] = value
+            scope.error(f"{name} has no parameter '{key}'", kw.name.span,
+                        fix=suggest(key, names) or (f"{name} takes: {', '.join(names)}" if names
+                                                    else f"{name} takes no parameters"))
+        elif key in spans:
+            scope.error(f"parameter '{key}' is given twice", kw.name.span)
+        else:
+            spans[key] = kw.value.span
+            value = checked_value(scope, param, kw.value, f"{possessive(name)} {key}")
+            if value is not NO_VALUE:
+                args[key] = value
     for param in op.params:
         if param.default is REQUIRED and param.name not in spans:
-            problems.append(Diagnostic(f"{name} needs its parameter '{param.name}'", item.span,
-                                       fix=f"write {name}({param.name}=...), {param.name} being {param.describe()}"))
+            scope.error(f"{name} needs its parameter '{param.name}'", item.span,
+                        fix=f"write {name}({param.name}=...), {param.name} being {param.describe()}")
     ordered = {p.name: args[p.name] for p in op.params if p.name in args}
     return WrittenOp(op, ordered, item.span, spans)
 
 
 def check_composition(ops: list[WrittenOp]) -> list[Diagnostic]:
-    """The composition rules of OPERATORS.md, each violation with its own message."""
+    """The order and the excludes/requires rules of the rows, each violation with its own message."""
     if not ops:
         return []
     precedes, constraints = rule_graphs()
     names = [w.op.name for w in ops]
     problems: list[Diagnostic] = []
 
-    first_order = [w for w in ops if w.op.stage == FIRST_ORDER]
-    if first_order and len(ops) > 1:
-        lead = first_order[0]
+    whole = [w for w in ops if w.op.whole_pipeline]
+    if whole and len(ops) > 1:
+        lead = whole[0]
         for w in ops:
             if w is not lead:
                 problems.append(Diagnostic(
@@ -187,8 +173,7 @@ def check_composition(ops: list[WrittenOp]) -> list[Diagnostic]:
                 precedes.subgraph(names), key=lambda n: precedes.nodes[n]["rank"]))
             fixed = " -> ".join(_op_text(n, seen[n].args) for n in ordered)
             problems.append(Diagnostic(
-                f"{b.op.name} cannot come after {a.op.name}: operators are written in the order "
-                "dynamics, trajectory modifiers, IAD, then the hypergradient", b.span,
+                f"{b.op.name} cannot come after {a.op.name}: operators are written in the order {ORDER}", b.span,
                 fix=f"write `hypergradient = {fixed}`"))
             break
 
@@ -199,7 +184,7 @@ def check_composition(ops: list[WrittenOp]) -> list[Diagnostic]:
         problems.append(Diagnostic(
             f"{last.op.name} modifies what the next operator differentiates, so it cannot end the pipeline",
             last.span, fix=f"end with a hypergradient operator, e.g. `... -> {last.op.name} -> RAD`"))
-    elif not last.op.terminal and last.op.stage != FIRST_ORDER:
+    elif not last.op.terminal and not last.op.whole_pipeline:
         problems.append(Diagnostic(
             "the pipeline has no hypergradient operator", last.span,
             fix=f"end it with one of {', '.join(TERMINALS)}, e.g. `{last.op.name} -> RAD`"))
@@ -222,3 +207,33 @@ def check_composition(ops: list[WrittenOp]) -> list[Diagnostic]:
                                        fix=f"add {options}" if len(any_of) == 1
                                        else f"use {options} as the hypergradient operator"))
     return problems
+
+
+def operator_chain(written: list[WrittenOp], lower: ir.LevelDecl, line: int) -> ir.OperatorChain:
+    """The pipeline as the IR holds it: implied operators added, every parameter
+    explicit, defaults that follow the program (the inner lr, the steps) filled in."""
+    rows = [w.op for w in written]
+    for row in BY_NAME.values():
+        if row.implied and not any(r.stage == row.stage or r.whole_pipeline for r in rows):
+            at = next((i for i, r in enumerate(rows) if (r.rank or 0) > row.rank), len(rows))
+            rows.insert(at, row)
+    uses = []
+    for row in rows:
+        w = next((w for w in written if w.op is row), None)
+        params = {}
+        for p in row.params:
+            value = w.args.get(p.name, p.default) if w else p.default
+            params[p.name] = _from_program(value, lower) if isinstance(value, FromProgram) else _unwritten(value)
+        uses.append(ir.OperatorUse(name=row.name, stage=row.stage, params=params, implied=w is None,
+                                   line=w.span.line if w else line))
+    text = " -> ".join(_op_text(u.name, u.params) for u in uses)
+    return ir.OperatorChain(operators=uses, text=text, line=line)
+
+
+def _from_program(default: FromProgram, lower: ir.LevelDecl):
+    return lower.optimizer.args["lr"] if default.what == "inner_lr" else lower.steps
+
+
+def _unwritten(default):
+    """What the IR holds for a parameter left at `default`: None where only the runtime knows it."""
+    return None if isinstance(default, AtRunTime) else default

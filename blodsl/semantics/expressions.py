@@ -1,19 +1,24 @@
 """Resolving expressions: names to references, calls checked against the built-ins.
 
-A mixin of blodsl.resolve.Resolver, which holds the symbol table and the
-list of problems; this part gives each expression its IR and its kind.
+Each expression gets its IR and its kind (tensor, number, model, ...); names
+are looked up in, and problems reported to, the scope it is given.
 """
 
 from __future__ import annotations
 
-from . import ast, ir
-from .builtins import DATA_SOURCES, FUNCTIONS, INITIALISERS, LAYERS, METRICS, TAKES_MODEL, TORCH_OPTIMIZERS
-from .diagnostics import suggest
-from .operators import REQUIRED
-from .values import WORDS
+from .. import ir
+from ..catalogue.builtins import FUNCTIONS, METRICS, TAKES_MODEL, builtin_kind
+from ..syntax import ast
+from ..syntax.diagnostics import suggest
+from ..syntax.values import WORDS
+from .calls import check_call
+from .scope import Scope
 
 
-class ExpressionResolver:
+class Expressions:
+    def __init__(self, scope: Scope):
+        self.scope = scope
+
     def expr(self, e: ast.Expr, metric: bool) -> tuple[ir.Expr, str] | None:
         """(IR expression, kind) where kind is tensor, number, string, bool, model, list or None."""
         match e:
@@ -47,10 +52,10 @@ class ExpressionResolver:
                 parts = [self.value(i, metric) for i in items]
                 return None if None in parts else (ir.ListOf(items=[p[0] for p in parts]), "list")
             case ast.Chain():
-                self.error("'->' joins the operators of the hypergradient pipeline and means nothing here",
-                           e.span, fix="write the pipeline on its own line: `hypergradient = PTT -> RAD`")
+                self.scope.error("'->' joins the operators of the hypergradient pipeline and means nothing here",
+                                 e.span, fix="write the pipeline on its own line: `hypergradient = PTT -> RAD`")
                 return None
-        self.error("unexpected expression", e.span)
+        self.scope.error("unexpected expression", e.span)
         return None
 
     def value(self, e: ast.Expr, metric: bool) -> tuple[ir.Expr, str] | None:
@@ -59,24 +64,24 @@ class ExpressionResolver:
         if resolved is None:
             return None
         if resolved[1] == "model":
-            self.error(f"'{_head(e)}' is a model; apply it to data, e.g. {_head(e)}(train.x), or take its "
-                       f"weights with sqnorm({_head(e)})", e.span)
+            self.scope.error(f"'{_head(e)}' is a model; apply it to data, e.g. {_head(e)}(train.x), or take its "
+                             f"weights with sqnorm({_head(e)})", e.span)
             return None
         return resolved
 
     def name(self, e: ast.Name, name: str):
-        sym = self.symbols.get(name)
+        sym = self.scope.symbols.get(name)
         if sym is None:
             kind = builtin_kind(name)
             if kind:
-                self.error(f"'{name}' is a built-in {kind} and is not a value", e.span,
-                           fix=_builtin_use(name, kind))
+                self.scope.error(f"'{name}' is a built-in {kind} and is not a value", e.span,
+                                 fix=_builtin_use(name, kind))
             else:
-                self.error(f"undefined name '{name}'", e.span,
-                           fix=suggest(name, list(self.symbols) + list(FUNCTIONS))
-                           or "declare it with `var`, `model`, or in the data block")
+                self.scope.error(f"undefined name '{name}'", e.span,
+                                 fix=suggest(name, list(self.scope.symbols) + list(FUNCTIONS))
+                                 or "declare it with `var`, `model`, or in the data block")
             return None
-        self.used.add(name)
+        self.scope.used.add(name)
         if sym.kind == "broken":
             return None
         if sym.kind == "var":
@@ -85,33 +90,33 @@ class ExpressionResolver:
             return ir.ModelRef(level=sym.level, name=name), "model"
         if sym.kind == "dataset":
             fields = ", ".join(f"{name}.{f}" for f in sym.decl.fields)
-            self.error(f"'{name}' is a dataset; use one of its tensors", e.span, fix=f"write one of {fields}")
+            self.scope.error(f"'{name}' is a dataset; use one of its tensors", e.span, fix=f"write one of {fields}")
             return None
         if sym.kind == "metric":
-            self.error(f"'{name}' is a metric and cannot be used in an expression", e.span)
+            self.scope.error(f"'{name}' is a metric and cannot be used in an expression", e.span)
             return None
-        self.error(f"'{name}' is an imported function; call it", e.span, fix=f"write {name}(...)")
+        self.scope.error(f"'{name}' is an imported function; call it", e.span, fix=f"write {name}(...)")
         return None
 
     def attribute(self, e: ast.Attribute):
         head = e.obj.id if isinstance(e.obj, ast.Name) else None
-        sym = self.symbols.get(head) if head else None
+        sym = self.scope.symbols.get(head) if head else None
         attr = e.attr.text
         if sym and sym.kind == "broken":
             return None
         if sym and sym.kind == "dataset":
-            self.used.add(head)
+            self.scope.used.add(head)
             ds = sym.decl
             if attr in ds.fields:
                 return ir.DataRef(dataset=head, field=attr), "tensor"
             if attr in ds.sizes:
                 return ir.SizeRef(dataset=head, size=attr), "number"
-            self.error(f"dataset '{head}' has no field '{attr}'", e.attr.span,
-                       fix=suggest(attr, ds.fields + ds.sizes)
-                       or f"{head} has tensors {', '.join(ds.fields)} and sizes {', '.join(ds.sizes)}")
+            self.scope.error(f"dataset '{head}' has no field '{attr}'", e.attr.span,
+                             fix=suggest(attr, ds.fields + ds.sizes)
+                             or f"{head} has tensors {', '.join(ds.fields)} and sizes {', '.join(ds.sizes)}")
             return None
         if sym and sym.kind == "model":
-            self.used.add(head)
+            self.scope.used.add(head)
             model = sym.decl
             if model.spec.kind in ("user", "input") or attr in model.parameters:
                 return ir.ParamRef(level=sym.level, model=head, param=attr), "tensor"
@@ -119,29 +124,29 @@ class ExpressionResolver:
                 fix = suggest(attr, model.parameters) or f"{model.spec.name}'s weights are " + ", ".join(model.parameters)
             else:
                 fix = f"{model.spec.name}'s weights are not named one by one; use sqnorm({head}) or norm({head})"
-            self.error(f"model '{head}' has no weight '{attr}'", e.attr.span, fix=fix)
+            self.scope.error(f"model '{head}' has no weight '{attr}'", e.attr.span, fix=fix)
             return None
-        if head and head not in self.symbols:
+        if head and head not in self.scope.symbols:
             return self.name(e.obj, head)
-        self.error("only datasets (train.x) and models (net.weight) have attributes", e.span)
+        self.scope.error("only datasets (train.x) and models (net.weight) have attributes", e.span)
         return None
 
     def call(self, e: ast.Call, metric: bool):
         if not isinstance(e.func, ast.Name):
-            self.error("only functions and models can be called", e.func.span)
+            self.scope.error("only functions and models can be called", e.func.span)
             return None
         name = e.func.id
-        sym = self.symbols.get(name)
+        sym = self.scope.symbols.get(name)
         if sym is not None:
-            self.used.add(name)
+            self.scope.used.add(name)
             if sym.kind == "broken":
                 return None
             if sym.kind == "model":
                 if e.kwargs:
-                    self.error("a model is applied to its inputs only", e.kwargs[0].span)
+                    self.scope.error("a model is applied to its inputs only", e.kwargs[0].span)
                     return None
                 if not e.args:
-                    self.error(f"model '{name}' needs an input", e.span, fix=f"write e.g. {name}(train.x)")
+                    self.scope.error(f"model '{name}' needs an input", e.span, fix=f"write e.g. {name}(train.x)")
                     return None
                 args = [self.value(a, metric) for a in e.args]
                 return None if None in args else (ir.Apply(level=sym.level, model=name, args=[a[0] for a in args]),
@@ -153,25 +158,25 @@ class ExpressionResolver:
                     return None
                 return ir.UserCall(ref=sym.decl, args=[a[0] for a in args],
                                    kwargs={k: v[0] for k, v in kwargs.items()}), "tensor"
-            self.error(f"'{name}' is a {_symbol_words(sym.kind)}, not a function", e.func.span,
-                       fix=f"write {name}.x" if sym.kind == "dataset" else None)
+            self.scope.error(f"'{name}' is a {_symbol_words(sym.kind)}, not a function", e.func.span,
+                             fix=f"write {name}.x" if sym.kind == "dataset" else None)
             return None
         if name in METRICS and not metric:
-            self.error(f"{name} is a metric, not differentiable, and cannot be part of an objective", e.func.span,
-                       fix=f"report it from the run block: `metric {name}_test = {METRICS[name].summary.split(':')[0]}`")
+            self.scope.error(f"{name} is a metric, not differentiable, and cannot be part of an objective", e.func.span,
+                             fix=f"report it from the run block: `metric {name}_test = {METRICS[name].summary.split(':')[0]}`")
             return None
         sig = FUNCTIONS.get(name) or METRICS.get(name)
         if sig is None:
             kind = builtin_kind(name)
             if kind:
-                self.error(f"{name} is a {kind} and cannot be called in an expression", e.func.span,
-                           fix=_builtin_use(name, kind))
+                self.scope.error(f"{name} is a {kind} and cannot be called in an expression", e.func.span,
+                                 fix=_builtin_use(name, kind))
             else:
-                self.error(f"unknown function '{name}'", e.func.span,
-                           fix=suggest(name, list(FUNCTIONS) + list(METRICS))
-                           or 'built-ins: ' + ", ".join(FUNCTIONS) + '; for your own: import "pkg.module:function" as name')
+                self.scope.error(f"unknown function '{name}'", e.func.span,
+                                 fix=suggest(name, list(FUNCTIONS) + list(METRICS))
+                                 or 'built-ins: ' + ", ".join(FUNCTIONS) + '; for your own: import "pkg.module:function" as name')
             return None
-        kwargs = self.check_signature(sig, e)
+        kwargs = check_call(self.scope, sig, e)
         if kwargs is None:
             return None
         args = []
@@ -180,37 +185,10 @@ class ExpressionResolver:
             if resolved is None:
                 return None
             if name == "mix" and i == 1 and resolved[1] != "list":
-                self.error("mix's candidates are a list: mix(logits, [a(x), b(x)])", a.span)
+                self.scope.error("mix's candidates are a list: mix(logits, [a(x), b(x)])", a.span)
                 return None
             args.append(resolved[0])
-        kw = {}
-        for key, v in kwargs.items():
-            if isinstance(v, ast.Node):
-                c = self.const(v, f"{name}'s {key}")
-                if c is REQUIRED:
-                    return None
-                v = c
-            kw[key] = ir.Const(value=v)
-        return ir.Call(fn=name, args=args, kwargs=kw), "tensor"
-
-
-def builtin_kind(name: str) -> str | None:
-    """What a built-in name is, or None for a name blodsl does not define."""
-    if name in FUNCTIONS:
-        return "function"
-    if name in METRICS:
-        return "metric"
-    if name in LAYERS or name == "Sequential":
-        return "layer"
-    if name in INITIALISERS:
-        return "initialiser"
-    if name in DATA_SOURCES:
-        return "data source"
-    if name in TORCH_OPTIMIZERS:
-        return "optimiser"
-    if name in ("input", "from"):
-        return "keyword"
-    return None
+        return ir.Call(fn=name, args=args, kwargs={k: _constant(v) for k, v in kwargs.items()}), "tensor"
 
 
 def _builtin_use(name: str, kind: str) -> str | None:
@@ -229,3 +207,9 @@ def _head(e: ast.Expr) -> str:
 def _symbol_words(kind: str) -> str:
     return {"dataset": "dataset", "var": "variable", "metric": "metric"}.get(kind, kind)
 
+
+def _constant(value) -> ir.Expr:
+    """A constant keyword value as an expression: lists (`dim=[0, 1]`) item by item."""
+    if isinstance(value, list):
+        return ir.ListOf(items=[_constant(v) for v in value])
+    return ir.Const(value=value)

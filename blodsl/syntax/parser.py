@@ -1,4 +1,4 @@
-"""Text of a .blo file -> syntax tree (blodsl.ast), or located errors.
+"""Text of a .blo file -> syntax tree (blodsl.syntax.ast), or located errors.
 
 Lark does the parsing (LALR, contextual lexer). This module adds what Lark
 leaves to us: Python-style newlines inside brackets, a transformer whose
@@ -19,7 +19,8 @@ from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedToken, VisitError
 
 from . import ast
-from .diagnostics import BloError, Diagnostic, Source, Span
+from .diagnostics import BloError, Diagnostic
+from .source import Source, Span
 
 _OPENERS = {"LBRACE": "}", "LPAR": ")", "LSQB": "]"}
 _CLOSERS = {"RBRACE": "LBRACE", "RPAR": "LPAR", "RSQB": "LSQB"}
@@ -45,7 +46,7 @@ def grammar_text() -> str:
     packaged = resources.files("blodsl").joinpath("grammar/blo.lark")
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
-    return (Path(__file__).resolve().parent.parent / "grammar" / "blo.lark").read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[2] / "grammar" / "blo.lark").read_text(encoding="utf-8")
 
 
 class Newlines:
@@ -107,7 +108,7 @@ class ToAst(Transformer):
     """One method per alias in grammar/blo.lark."""
 
     def start(self, meta, items):
-        return ast.Program(items, span=_span(meta) if not meta.empty else Span(1, 1, 1, 1))
+        return ast.File(items, span=_span(meta) if not meta.empty else Span(1, 1, 1, 1))
 
     def import_decl(self, meta, children):
         ref, alias = children
@@ -243,7 +244,7 @@ def _too_deep(tree) -> Diagnostic | None:
     return None
 
 
-def parse(source: Source) -> ast.Program:
+def parse(source: Source) -> ast.File:
     parser, postlex = _lark()
     try:
         tree = parser.parse(source.text)

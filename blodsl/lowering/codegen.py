@@ -14,8 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from . import __version__, ir
-from .rules import references
+from .. import __version__, ir
 
 # Python's precedence for the operators the language shares with it.
 _PRECEDENCE = {"compare": 1, "+": 2, "-": 2, "*": 3, "/": 3, "@": 3, "%": 3, "unary": 4, "**": 5}
@@ -143,7 +142,7 @@ class Emitter:
 
     def module(self) -> str:
         p = self.p
-        self.emit(f'"""{self.file}, compiled by blodsl {__version__}: `{p.pipeline.text}`.')
+        self.emit(f'"""{self.file}, compiled by blodsl {__version__}: `{p.hypergradient.text}`.')
         self.emit()
         self.emit(f"Regenerate with `blodsl compile {json.dumps(p.path)[1:-1]} -o FILE`; edits here are lost.")
         self.emit('"""')
@@ -178,8 +177,8 @@ class Emitter:
         p, run = self.p, self.p.run
         self.emit(f"source = {lit(self.file)}", 1)
         ops = ", ".join(f"rt.Op({lit(o.name)}{''.join(f', {k}={self.value(v)}' for k, v in o.params.items())})"
-                        for o in p.pipeline.operators)
-        self.emit(f"pipeline = [{ops}]{self.at(p.pipeline.line)}", 1)
+                        for o in p.hypergradient.operators)
+        self.emit(f"pipeline = [{ops}]{self.at(p.hypergradient.line)}", 1)
         used = sorted(_datasets(p.upper.objective.expr) | _datasets(p.lower.objective.expr))
         self.emit(f"data_used = {lit(used)}", 1)
         self.emit(f"lower_data = {lit(sorted(_datasets(p.lower.objective.expr)))}", 1)
@@ -262,7 +261,7 @@ class Emitter:
         self.emit(f"# {self.file}:{line}  {text}", 2)
         for n in sorted(_datasets(expr)):
             self.emit(f'{self.local(n)} = data["{n}"]', 2)
-        for level, n in sorted(r for r in references(expr) if r[0] != "data"):
+        for level, n in sorted(r for r in ir.references(expr) if r[0] != "data"):
             decl = self.declared(level, n)
             if isinstance(decl, ir.Model):
                 if any(isinstance(e, ir.Apply) and e.model == n for e in ir.nodes(expr)):

@@ -1,0 +1,242 @@
+"""What a program can name without declaring it: functions, layers, variable
+initialisers, data sources and optimisers. Tables of data, each keyword argument
+a parameter row (params.py); the resolver checks calls against them and the
+runtime gives each row its meaning.
+Nothing here imports torch: `blodsl check` stays fast and torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .params import REQUIRED, Param, anything, choice, count, flag, nonnegative, positive, rows
+
+
+@dataclass(frozen=True)
+class Signature:
+    name: str
+    summary: str
+    min_args: int = 0
+    max_args: int | None = None         # None: any number
+    keywords: dict[str, Param] = field(default_factory=dict)
+
+
+def _sig(name, summary, min_args=0, max_args=None, *keywords: Param):
+    return Signature(name, summary, min_args, max_args, rows(*keywords))
+
+
+def _reduction():
+    return choice("reduction", "mean", "sum", "none", quoted=True)
+
+
+# --- functions usable in objectives ----------------------------------------
+
+FUNCTIONS: dict[str, Signature] = {s.name: s for s in (
+    _sig("cross_entropy", "cross_entropy(logits, labels, reduction='mean')", 2, 2,
+         _reduction(), Param("label_smoothing", float, low=0, high=1)),
+    _sig("binary_cross_entropy", "binary_cross_entropy(logits, targets, reduction='mean')", 2, 2, _reduction()),
+    _sig("mse", "mse(prediction, target, reduction='mean')", 2, 2, _reduction()),
+    _sig("mae", "mae(prediction, target, reduction='mean')", 2, 2, _reduction()),
+    _sig("mean", "mean(x, dim=None)", 1, 1, anything("dim")),
+    _sig("sum", "sum(x, dim=None)", 1, 1, anything("dim")),
+    _sig("sigmoid", "sigmoid(x)", 1, 1),
+    _sig("exp", "exp(x)", 1, 1),
+    _sig("log", "log(x)", 1, 1),
+    _sig("tanh", "tanh(x)", 1, 1),
+    _sig("relu", "relu(x)", 1, 1),
+    _sig("softplus", "softplus(x)", 1, 1),
+    _sig("abs", "abs(x)", 1, 1),
+    _sig("sqrt", "sqrt(x)", 1, 1),
+    _sig("softmax", "softmax(x, dim=-1)", 1, 1, anything("dim")),
+    _sig("log_softmax", "log_softmax(x, dim=-1)", 1, 1, anything("dim")),
+    _sig("clamp", "clamp(x, min=None, max=None)", 1, 1, anything("min"), anything("max")),
+    _sig("sqnorm", "sqnorm(x or model): sum of squares of a tensor or of all a model's weights", 1, 1),
+    _sig("norm", "norm(x or model): Euclidean norm of a tensor or of all a model's weights", 1, 1),
+    _sig("sqdist", "sqdist(a, b): squared distance between two tensors or two models of one structure", 2, 2),
+    _sig("mix", "mix(logits, [a, b, ...]): softmax(logits)-weighted sum of candidates", 2, 2),
+)}
+
+# Functions that accept a model (meaning all its weights) as their argument.
+TAKES_MODEL = {"sqnorm", "norm", "sqdist"}
+
+# Not differentiable: only in `metric` declarations.
+METRICS: dict[str, Signature] = {s.name: s for s in (
+    _sig("accuracy", "accuracy(logits, labels): fraction of argmax predictions that match", 2, 2),
+    _sig("f1", "f1(flags, truth): F1 score of boolean flags against the true flags", 2, 2),
+    _sig("precision", "precision(flags, truth)", 2, 2),
+    _sig("recall", "recall(flags, truth)", 2, 2),
+)}
+
+# --- layers and models -----------------------------------------------------
+
+_ACTIVATION = choice("activation", "relu", "tanh", "sigmoid", "gelu", quoted=True)
+
+
+@dataclass(frozen=True)
+class Layer:
+    signature: Signature
+    parameters: tuple[str, ...] = ()   # names reachable as `net.weight`
+
+
+def _layer(name, summary, positional=(), parameters=(), *keywords: Param):
+    n = len(positional)
+    return Layer(_sig(name, summary, n, n, *keywords), parameters)
+
+
+LAYERS: dict[str, Layer] = {layer.signature.name: layer for layer in (
+    _layer("Linear", "Linear(in_features, out_features, bias=True)", ("in_features", "out_features"),
+           ("weight", "bias"), flag("bias")),
+    _layer("MLP", "MLP(in_features, [hidden, ...], out_features, activation='relu')",
+           ("in_features", "hidden", "out_features"), (), _ACTIVATION, flag("bias")),
+    _layer("Conv2d", "Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True)",
+           ("in_channels", "out_channels", "kernel_size"), ("weight", "bias"),
+           anything("stride"), anything("padding"), flag("bias")),
+    _layer("MaxPool2d", "MaxPool2d(kernel_size)", ("kernel_size",)),
+    _layer("Flatten", "Flatten()"),
+    _layer("ReLU", "ReLU()"),
+    _layer("Tanh", "Tanh()"),
+    _layer("Sigmoid", "Sigmoid()"),
+    _layer("GELU", "GELU()"),
+)}
+SEQUENTIAL = _sig("Sequential", "Sequential(layer, layer, ...)", 1, None)
+
+# --- variable initialisers ---------------------------------------------------
+
+INITIALISERS: dict[str, Signature] = {s.name: s for s in (
+    _sig("zeros", "zeros(dim, ...)"),
+    _sig("ones", "ones(dim, ...)"),
+    _sig("full", "full(dim, ..., value=v)", 0, None, Param("value", float, REQUIRED)),
+    _sig("normal", "normal(dim, ..., mean=0, std=1)", 0, None, Param("mean", float), nonnegative("std")),
+    _sig("uniform", "uniform(dim, ..., low=0, high=1)", 0, None, Param("low", float), Param("high", float)),
+)}
+
+# `input()` in place of a dataset, a variable's initialiser or a model: bound from Python.
+INPUT = _sig("input", "input(): a dataset, tensor or module supplied from Python at run time", 0, 0,
+             Param("fields", list, item=str, pattern=r"[A-Za-z_]\w*", words='a list of names, e.g. fields=["x", "y"]'))
+
+# --- data sources ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSource:
+    signature: Signature
+    fields: tuple[str, ...]              # tensors: train.x
+    sizes: tuple[str, ...]               # numbers usable as dimensions: train.features
+    tasks: bool = False                  # yields batches of few-shot tasks
+    path_arg: bool = False               # first positional argument is a file or folder
+    default_split: tuple[float, ...] = ()
+
+
+_TABLE_SIZES = ("n", "features", "classes")
+
+# What each data-source argument must be, whichever source takes it; a loader owns the defaults.
+DATA_ARGS = rows(
+    Param("split", list, low=0, low_open=True, total_at_most=1,
+          words="a list of positive fractions that add up to at most 1"),
+    Param("label_noise", float, low=0, high=1, high_open=True, words="a fraction in [0, 1)"),
+    nonnegative("seed", type=int),
+    *(count(name) for name in ("batch", "n", "features", "informative", "classes", "tasks", "shots", "queries")),
+    *(Param(name, list, length=2, ordered=True, words="a range [low, high]") for name in ("amplitude", "phase", "x_range")),
+    nonnegative("noise"), nonnegative("separation"),
+    flag("standardize"), flag("header"),
+    anything("x"), anything("y"), anything("target"),
+)
+
+
+def _source(name, summary, min_args, *args: str):
+    return _sig(name, summary, min_args, min_args, *(DATA_ARGS[a] for a in args))
+
+
+_COMMON = ("split", "seed", "batch", "label_noise")
+
+DATA_SOURCES: dict[str, DataSource] = {d.signature.name: d for d in (
+    DataSource(_source("digits", "digits(split=[0.5, 0.25, 0.25], label_noise=0, seed=0): scikit-learn's "
+                       "8x8 digits; label_noise flips that fraction of the first split's labels", 0,
+                       "standardize", *_COMMON),
+               ("x", "y", "y_clean", "noisy"), _TABLE_SIZES, default_split=(0.5, 0.25, 0.25)),
+    DataSource(_source("classification", "classification(n=1000, features=20, informative=features, classes=2, "
+                       "split=..., seed=0): Gaussian clusters; only the first `informative` features carry signal",
+                       0, "n", "features", "informative", "classes", "separation", *_COMMON),
+               ("x", "y", "y_clean", "noisy"), _TABLE_SIZES, default_split=(0.6, 0.2, 0.2)),
+    DataSource(_source("regression", "regression(n=1000, features=20, noise=0.1, split=..., seed=0)",
+                       0, "n", "features", "noise", "split", "seed", "batch"),
+               ("x", "y"), ("n", "features"), default_split=(0.6, 0.2, 0.2)),
+    DataSource(_source("sinusoid", "sinusoid(tasks=25, shots=10, queries=10, amplitude=[0.1, 5], "
+                       "phase=[0, 3.1416], x_range=[-5, 5], seed=0): a fresh batch of few-shot "
+                       "regression tasks every outer step", 0,
+                       "tasks", "shots", "queries", "amplitude", "phase", "x_range", "seed"),
+               ("support_x", "support_y", "query_x", "query_y"), ("tasks", "shots", "queries"), tasks=True),
+    DataSource(_source("npz", "npz('file.npz', x='x', y='y', split=...)", 1, "x", "y", *_COMMON),
+               ("x", "y"), _TABLE_SIZES, path_arg=True),
+    DataSource(_source("pt", "pt('file.pt', x='x', y='y', split=...): a torch.save'd dict of tensors",
+                       1, "x", "y", *_COMMON),
+               ("x", "y"), _TABLE_SIZES, path_arg=True),
+    DataSource(_source("csv", "csv('file.csv', target='label', split=...): numeric columns; target is "
+                       "a column name or index (default: the last)", 1, "target", "header", *_COMMON),
+               ("x", "y"), _TABLE_SIZES, path_arg=True),
+    DataSource(_source("idx", "idx('folder', split=...): MNIST-format IDX files (images and labels)", 1, *_COMMON),
+               ("x", "y"), _TABLE_SIZES, path_arg=True),
+)}
+
+# --- optimisers --------------------------------------------------------------
+# What optimiser arguments must be; an argument not named here takes any constant.
+
+OPTIMIZER_ARGS = rows(
+    positive("lr"),
+    *(flag(name) for name in ("nesterov", "amsgrad", "maximize", "centered", "decoupled_weight_decay")),
+    *(nonnegative(name) for name in ("momentum", "weight_decay", "dampening", "eps", "lr_decay", "rho", "alpha",
+                                     "lambd", "initial_accumulator_value", "momentum_decay", "t0")),
+    Param("betas", list, low=0, high=1, high_open=True, length=2, words="two numbers in [0, 1), e.g. [0.9, 0.999]"),
+)
+
+
+def _optimizer(*names: str, **defaults) -> dict[str, Param]:
+    return {n: replace(OPTIMIZER_ARGS.get(n) or anything(n), default=defaults.get(n)) for n in names}
+
+
+# Upper level: any torch.optim optimiser; its keyword arguments as of torch 2.13
+# (implementation switches such as foreach/fused left out).
+TORCH_OPTIMIZERS: dict[str, dict[str, Param]] = {
+    "ASGD": _optimizer("lr", "lambd", "alpha", "t0", "weight_decay", "maximize"),
+    "Adadelta": _optimizer("lr", "rho", "eps", "weight_decay", "maximize"),
+    "Adafactor": _optimizer("lr", "beta2_decay", "eps", "d", "weight_decay", "maximize"),
+    "Adagrad": _optimizer("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize"),
+    "Adam": _optimizer("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"),
+    "AdamW": _optimizer("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"),
+    "Adamax": _optimizer("lr", "betas", "eps", "weight_decay", "maximize"),
+    "LBFGS": _optimizer("lr", "max_iter", "max_eval", "tolerance_grad", "tolerance_change", "history_size",
+                        "line_search_fn"),
+    "NAdam": _optimizer("lr", "betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay",
+                        "maximize"),
+    "RAdam": _optimizer("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize"),
+    "RMSprop": _optimizer("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"),
+    "Rprop": _optimizer("lr", "etas", "step_sizes", "maximize"),
+    "SGD": _optimizer("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
+    "SparseAdam": _optimizer("lr", "betas", "eps", "maximize"),
+}
+
+# Lower level: optimisers whose steps blodsl differentiates through, with the defaults the IR spells out.
+INNER_OPTIMIZERS: dict[str, dict[str, Param]] = {
+    "SGD": _optimizer("lr", "momentum", "weight_decay", "nesterov",
+                      lr=0.001, momentum=0.0, weight_decay=0.0, nesterov=False),
+    "Adam": _optimizer("lr", "betas", "eps", "weight_decay", lr=0.001, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0),
+}
+
+
+def builtin_kind(name: str) -> str | None:
+    """What a built-in name is, or None for a name blodsl does not define."""
+    if name in FUNCTIONS:
+        return "function"
+    if name in METRICS:
+        return "metric"
+    if name in LAYERS or name == "Sequential":
+        return "layer"
+    if name in INITIALISERS:
+        return "initialiser"
+    if name in DATA_SOURCES:
+        return "data source"
+    if name in TORCH_OPTIMIZERS:
+        return "optimiser"
+    if name in ("input", "from"):
+        return "keyword"
+    return None

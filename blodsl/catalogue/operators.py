@@ -1,0 +1,152 @@
+"""The operator catalogue: one row per operator, everything it means to the checker as data.
+
+A row holds an operator's stage, its parameters (types, ranges, defaults) and
+every rule it takes part in. blodsl.semantics.pipeline (the order and the
+composition of a pipeline, one NetworkX pass) and blodsl.semantics.rules (the
+rules against the rest of the program) compose these attributes; no other
+module outside this catalogue and the runtime's registry tests an operator's
+name. Adding an operator is one row here, one lowering in the runtime
+registered under the same name, and one oracle test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .params import REQUIRED, AtRunTime, FromProgram, Param, choice, count, flag, nonnegative, positive
+
+# Stages, in the order a pipeline is written. Operators sharing a rank
+# exclude each other (one dynamics core, one terminal).
+DYNAMICS_MODIFIER = "dynamics modifier"
+DYNAMICS_CORE = "dynamics core"
+TRAJECTORY_MODIFIER = "trajectory modifier"
+INITIALISATION = "initialisation"
+TERMINAL = "hypergradient"
+FIRST_ORDER = "first-order method"
+ORDER = "dynamics, trajectory modifiers, IAD, then the hypergradient"  # the stages, as a message says them
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str
+    stage: str
+    rank: int | None  # position in the canonical order; None for first-order methods
+    summary: str
+    params: tuple[Param, ...] = ()
+    # --- how it composes with the other operators (semantics/pipeline.py)
+    needs_successor: bool = False   # it modifies what the next operator differentiates, so it cannot end a pipeline
+    terminal: bool = False          # it may end a pipeline
+    implied: bool = False           # in the pipeline when no operator of its stage (and no first-order method) is written
+    excludes: dict[str, str] = field(default_factory=dict)   # other operator -> why the two cannot be combined
+    requires: tuple[frozenset[str], str] | None = None       # (one of these operators, why)
+    # --- what it differentiates, checked against the program (semantics/rules.py)
+    differentiates: str | None = None        # "trajectory": back through the inner steps; "solution": at the lower
+                                             # solution only, through the lower objective's dependence on x
+    through_trajectory: str | None = None    # what it does through the differentiated trajectory (so nothing before
+                                             # a "solution" terminal), as a message says it
+    learns_start: bool = False      # the upper variable is the lower level's start: `start = from(x)`, identical structures
+    restarts_lower: bool = False    # each outer step starts the lower level from the value it learns
+    cuts_start: bool = False        # the differentiated trajectory no longer reaches the lower level's start
+    direct_only: bool = False       # its direction is only the direct gradient of the upper objective
+    task_batches: bool = False      # it learns from few-shot task batches
+    # --- what it takes from the lower level's steps and optimiser
+    one_inner_step: bool = False    # a single-loop method: the lower level's steps must be 1
+    bounded_by_steps: dict[str, str] = field(default_factory=dict)  # parameter -> what it does to that many inner
+                                                                    # steps (a verb): it stays below the steps
+    uses_steps: bool = True         # False: one lower step per outer step, whatever `steps` says
+    inner_optimizer: str = "steps"  # "steps": the declared inner optimiser's steps; "lr": plain gradient steps at its lr
+
+    @property
+    def whole_pipeline(self) -> bool:
+        """A first-order method owns the whole outer step: nothing is combined with it."""
+        return self.stage == FIRST_ORDER
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+
+_TERMINAL_RANK = 7
+
+# The reverse sweep's memory/time trade-off: keep the inner state every `checkpoint` steps and
+# recompute the steps in between (one more forward pass); 0 keeps a state every compiled chunk.
+CHECKPOINT = Param("checkpoint", int, 0, low=0, quiet=True)
+
+
+def _drops_start(name: str) -> str:
+    """Why FD and IGA have no meaning after IAD."""
+    return (f"{name} differentiates at the final lower solution only, so it would drop the derivative through the "
+            "start (dF/dy0) that IAD hands on")
+
+
+CATALOGUE: tuple[Operator, ...] = (
+    Operator("GDA", DYNAMICS_MODIFIER, 0, "inner steps descend a*F + (1-a)*f",
+             (Param("alpha", float, 0.5, low=0, high=1, high_open=True),
+              Param("alpha_decay", float, 0.9, low=0, low_open=True, high=1)),
+             needs_successor=True),
+    Operator("DI", DYNAMICS_MODIFIER, 1, "learns the lower level's initial value too",
+             (positive("lr", 0.01),), needs_successor=True,
+             excludes={"IAD": "IAD already makes the lower level's initial value the upper-level variable"},
+             through_trajectory="learns the start through the inner trajectory", restarts_lower=True),
+    Operator("NGD", DYNAMICS_CORE, 2, "plain inner steps of the lower optimiser", implied=True),
+    Operator("DM", DYNAMICS_CORE, 2, "single-loop dual-multiplier method",
+             (positive("v_lr", 0.1), positive("tau", 0.01), positive("p", 100.0),
+              Param("mu0", float, 0.9, low=0, low_open=True, high=1, high_open=True),
+              positive("eta0", 0.5), choice("strategy", "s1", "s2", "s3", default="s1")),
+             requires=(frozenset({"RAD", "CG"}), "the dual-multiplier method's upper gradient is defined for RAD or CG"),
+             one_inner_step=True, inner_optimizer="lr"),
+    Operator("PTT", TRAJECTORY_MODIFIER, 3, "differentiates at the step of largest upper loss",
+             needs_successor=True),
+    Operator("FOA", TRAJECTORY_MODIFIER, 4, "first-order approximation (dy_T/dy_0 = I)",
+             needs_successor=True,
+             requires=(frozenset({"IAD"}), "without IAD the first-order hypergradient is identically zero"),
+             through_trajectory="approximates the derivative through the inner trajectory"),
+    Operator("RGT", TRAJECTORY_MODIFIER, 5, "back-propagates through the last steps only",
+             (positive("truncate", REQUIRED, type=int),), needs_successor=True,
+             through_trajectory="truncates the differentiated inner trajectory", cuts_start=True,
+             bounded_by_steps={"truncate": "truncate"}),
+    Operator("IAD", INITIALISATION, 6, "the upper variable is the lower level's initial value (MAML)",
+             (CHECKPOINT,), terminal=True, differentiates="trajectory", learns_start=True, task_batches=True),
+    Operator("RAD", TERMINAL, _TERMINAL_RANK, "exact reverse mode through all inner steps", (CHECKPOINT,),
+             terminal=True, differentiates="trajectory"),
+    Operator("FD", TERMINAL, _TERMINAL_RANK, "DARTS finite difference", (positive("r", 0.01),), terminal=True,
+             excludes={"RGT": "FD differentiates at the final lower solution only; there is no back-propagated "
+                              "trajectory for RGT to truncate",
+                       "IAD": _drops_start("FD")},
+             differentiates="solution"),
+    Operator("IGA", TERMINAL, _TERMINAL_RANK, "implicit gradient approximation", terminal=True,
+             excludes={"IAD": _drops_start("IGA")}, differentiates="solution"),
+    Operator("CG", TERMINAL, _TERMINAL_RANK, "implicit differentiation, conjugate gradient",
+             (count("k", 10), positive("tol", 1e-10)), terminal=True, differentiates="solution"),
+    Operator("NS", TERMINAL, _TERMINAL_RANK, "implicit differentiation, Neumann series",
+             (count("k", 10), positive("alpha", FromProgram("inner_lr"))), terminal=True, differentiates="solution"),
+    Operator("NYSTROM", TERMINAL, _TERMINAL_RANK, "implicit differentiation, Nystrom sketch",
+             (count("rank", 5), positive("rho", 0.1)), terminal=True, differentiates="solution"),
+    Operator("VSO", FIRST_ORDER, None, "value-function sequential minimisation (BVFSM)",
+             (count("z_loop", 5), positive("z_lr", 0.01), nonnegative("ll_l2_reg", 0.1),
+              nonnegative("ul_l2_reg", 0.01), nonnegative("ul_ln_reg", 10.0), flag("reg_decay", True),
+              positive("eps", AtRunTime("the number of lower-level parameters"), quiet=True))),
+    Operator("VFO", FIRST_ORDER, None, "value-function first-order method (BOME)",
+             (positive("u1", 0.1), positive("y_hat_lr", 0.01), count("y_hat_steps", FromProgram("steps"))),
+             inner_optimizer="lr"),
+    Operator("MESO", FIRST_ORDER, None, "Moreau-envelope single-loop method",
+             (positive("eta", 0.001), positive("gamma_1", 0.01), positive("c0", 0.2)),
+             uses_steps=False, inner_optimizer="lr"),
+    Operator("PGDO", FIRST_ORDER, None, "penalty-based bilevel gradient descent",
+             (positive("y_hat_lr", 0.01), nonnegative("gamma_init", 0.0), nonnegative("gamma_max", 0.2),
+              count("gamma_argmax_step", 30000),
+              choice("penalty", "difference", "gradient", default="difference")),
+             inner_optimizer="lr"),
+    Operator("ALTO", FIRST_ORDER, None, "one lower step, then the direct upper gradient only",
+             direct_only=True, uses_steps=False, inner_optimizer="lr"),
+    Operator("GAFFO", FIRST_ORDER, None, "regularised gap function, from the upper variables each outer step",
+             (positive("lambda", 1.0), positive("sigma", 0.01), positive("lower_step", FromProgram("inner_lr"))),
+             learns_start=True, task_batches=True, uses_steps=False, inner_optimizer="lr"),
+)
+
+BY_NAME: dict[str, Operator] = {op.name: op for op in CATALOGUE}
+TERMINALS = tuple(op.name for op in CATALOGUE if op.stage == TERMINAL)
+
+
+def rows_with(attribute: str) -> list[Operator]:
+    """The rows for which `attribute` holds, in catalogue order."""
+    return [op for op in CATALOGUE if getattr(op, attribute)]

@@ -1,0 +1,1 @@
+"""Stage 3, lowering: the checked program turned into a Python module."""

@@ -1,0 +1,109 @@
+"""The data block: each `name = source(...)` becomes one ir.Dataset per name."""
+
+from __future__ import annotations
+
+from .. import ir
+from ..catalogue.builtins import DATA_SOURCES, INPUT, DataSource
+from ..syntax import ast
+from ..syntax.diagnostics import suggest
+from .calls import check_call
+from .scope import Scope, Symbol
+
+
+class DataBlock:
+    def __init__(self, scope: Scope):
+        self.scope = scope
+
+    def resolve(self, block: ast.Block | None) -> list[ir.Dataset]:
+        datasets: list[ir.Dataset] = []
+        if block is None:
+            return datasets
+        for stmt in block.body:
+            match stmt:
+                case ast.Setting(key=name, value=value):
+                    datasets += self.dataset([name], value) or self.broken([name])
+                case ast.Destructure(names=names, value=value):
+                    datasets += self.dataset(names, value) or self.broken(names)
+                case ast.Declaration(keyword=kw, span=span):
+                    self.scope.error(f"'{kw}' declarations do not belong in the data block", span,
+                                     fix="declare datasets as `name = source(...)`, e.g. `train, test = digits(split=[0.8, 0.2])`")
+        return datasets
+
+    def broken(self, names: list[ast.Ident]) -> list:
+        for name in names:
+            self.scope.declare_broken(name)
+        return []
+
+    def dataset(self, names: list[ast.Ident], value: ast.Expr) -> list[ir.Dataset]:
+        if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                and (value.func.id in DATA_SOURCES or value.func.id == "input")):
+            name = value.func.id if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) else None
+            self.scope.error("expected a data source", value.span,
+                             fix=(suggest(name, DATA_SOURCES) + " " if name and suggest(name, DATA_SOURCES) else "")
+                             + "sources are: " + ", ".join(list(DATA_SOURCES) + ["input"]))
+            return []
+        if value.func.id == "input":
+            return self.input_dataset(names, value)
+        source = DATA_SOURCES[value.func.id]
+        kwargs = check_call(self.scope, source.signature, value)
+        if kwargs is None:
+            return []
+        args = kwargs
+        path = None
+        if source.path_arg:
+            path = self.data_path(value.args[0])
+            if path is None:
+                return []
+        if source.tasks:
+            if len(names) > 1:
+                self.scope.error(f"{value.func.id} yields task batches and is not split", names[1].span,
+                                 fix=f"declare one name per call, e.g. `tasks = {value.func.id}()` and "
+                                     f"`test_tasks = {value.func.id}(seed=1)`")
+                return []
+            return [self.make_dataset(names[0], source, args, path, None)]
+        split = args.get("split")
+        if split is None and len(names) > 1:
+            if len(source.default_split) != len(names):
+                self.scope.error(f"{len(names)} names need a split into {len(names)} parts", value.span,
+                                 fix=f"add split=[...] with {len(names)} fractions")
+                return []
+            split = list(source.default_split)
+            args["split"] = split
+        if split is not None and len(split) != len(names):
+            self.scope.error(f"split has {len(split)} parts but {len(names)} name{'s are' if len(names) > 1 else ' is'} "
+                             "declared", value.span,
+                             fix="declare one name per part, e.g. `train, val, test = ...` for three parts")
+            return []
+        return [self.make_dataset(n, source, args, path, i if split is not None else None)
+                for i, n in enumerate(names)]
+
+    def make_dataset(self, name, source: DataSource, args, path, split) -> ir.Dataset:
+        ds = ir.Dataset(name=name.text, source=source.signature.name, args=args, path=path, split=split,
+                        fields=list(source.fields), sizes=list(source.sizes), tasks=source.tasks,
+                        line=name.span.line)
+        self.scope.declare(name, Symbol("dataset", name.span, decl=ds))
+        return ds
+
+    def input_dataset(self, names, call) -> list[ir.Dataset]:
+        kwargs = check_call(self.scope, INPUT, call)
+        if kwargs is None:
+            return []
+        if len(names) > 1:
+            self.scope.error("an input dataset is bound whole from Python and is not split", names[1].span,
+                             fix="declare one input per name")
+            return []
+        fields = kwargs.get("fields", ["x", "y"])
+        ds = ir.Dataset(name=names[0].text, source="input", args={"fields": fields}, fields=fields,
+                        sizes=["n", "features", "classes"], line=names[0].span.line)
+        self.scope.declare(names[0], Symbol("dataset", names[0].span, decl=ds))
+        return [ds]
+
+    def data_path(self, expr: ast.Expr) -> str | None:
+        if not isinstance(expr, ast.String):
+            self.scope.error("expected a file or folder path in quotes", expr.span, fix="write e.g. npz(\"data/train.npz\")")
+            return None
+        if self.scope.base_dir is not None and not (self.scope.base_dir / expr.value).exists():
+            self.scope.error(f"no file or folder '{expr.value}'", expr.span,
+                             fix="paths are relative to the folder of the .blo file")
+            return None
+        return expr.value

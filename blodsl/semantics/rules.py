@@ -1,0 +1,300 @@
+"""Rules over the whole program, composed from the attributes of the operator rows.
+
+Each rule is a function of one `Facts` view (the two levels, the operators as
+written, the settings' places in the source) that reports to the scope; the
+rules run once every part has resolved. None of them tests an operator's name:
+what an operator means to a rule is an attribute of its row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import ir
+from ..catalogue.operators import TERMINAL, Operator, rows_with
+from ..syntax import ast
+from ..syntax.source import Span
+from .pipeline import WrittenOp
+from .scope import Scope
+
+
+@dataclass
+class Facts:
+    """What the rules read: the resolved levels, the operators as written, and where each setting is."""
+    upper: ir.LevelDecl
+    lower: ir.LevelDecl
+    ops: list[WrittenOp]
+    blocks: dict[str, ast.Block]
+    datasets: list[ir.Dataset]
+    upper_reads: set = field(init=False)  # (level or 'data', name) the upper objective reads
+    lower_reads: set = field(init=False)
+
+    def __post_init__(self):
+        self.upper_reads = ir.references(self.upper.objective.expr)
+        self.lower_reads = ir.references(self.lower.objective.expr)
+
+    def having(self, attribute: str) -> list[WrittenOp]:
+        """The operators of the pipeline whose row has `attribute`, in the order written."""
+        return [w for w in self.ops if getattr(w.op, attribute)]
+
+    def setting(self, level: str, key: str) -> ast.Setting | None:
+        return next((s for s in self.blocks[level].body if isinstance(s, ast.Setting) and s.key.text == key), None)
+
+    def at(self, level: str, key: str) -> Span:
+        return self.setting(level, key).value.span
+
+    @property
+    def start_from(self) -> str | None:
+        return self.lower.start.source if self.lower.start.mode == "from" else None
+
+    def reads(self, reads: set, level: str) -> bool:
+        """Whether an objective (its `reads`) uses a variable or model of `level`."""
+        decl = self.upper if level == "upper" else self.lower
+        return any((level, d.name) in reads for d in decl.variables + decl.models)
+
+    @property
+    def solution_terminal(self) -> WrittenOp | None:
+        return next((w for w in self.ops if w.op.differentiates == "solution"), None)
+
+
+def check_program(scope: Scope, program: Facts) -> ir.LevelDecl:
+    """Every rule; returns the lower level with its start settled by the pipeline."""
+    for rule in RULES:
+        rule(scope, program)
+    if program.having("restarts_lower"):
+        return program.lower.model_copy(update={"start": ir.Start(mode="reinit", line=program.lower.start.line)})
+    return program.lower
+
+
+# --- what the objectives depend on ------------------------------------------------------
+
+def lower_objective_reads_lower(scope: Scope, p: Facts):
+    if not p.reads(p.lower_reads, "lower"):
+        names = sorted(d.name for d in p.lower.variables + p.lower.models)
+        scope.error("the lower objective does not depend on the lower level's variables", p.at("lower", "objective"),
+                    fix=f"use {', '.join(names)} in it, e.g. apply the model to data")
+
+
+def upper_objective_reads_lower(scope: Scope, p: Facts):
+    if not p.reads(p.upper_reads, "lower"):
+        scope.error("the upper objective does not depend on the lower level: this is not a bilevel problem",
+                    p.at("upper", "objective"), fix=f"evaluate the lower level's solution, e.g. {_example_apply(p.lower)}")
+
+
+def upper_variables_used(scope: Scope, p: Facts):
+    if p.having("learns_start") and p.start_from is None:
+        return  # reported as the missing start
+    for decl in p.upper.variables + p.upper.models:
+        if ("upper", decl.name) not in p.lower_reads | p.upper_reads and decl.name != p.start_from:
+            scope.error(f"upper-level '{decl.name}' is never used: its hypergradient would be identically zero",
+                        scope.symbols[decl.name].span,
+                        fix=f"use {decl.name} in the lower objective (or the upper one), or remove it")
+
+
+def direct_only(scope: Scope, p: Facts):
+    for w in p.having("direct_only"):
+        if not p.reads(p.upper_reads, "upper"):
+            scope.error(f"{w.op.name}'s hypergradient is only the direct gradient of the upper objective, which does "
+                        "not depend on the upper variables here: it would be identically zero", w.span,
+                        fix="use a pipeline that differentiates through the lower level, e.g. RAD or CG")
+
+
+# --- how the lower level starts ------------------------------------------------------------
+
+def learned_start(scope: Scope, p: Facts):
+    """An operator that learns the start needs `start = from(x)`, from an x of the lower level's structure;
+    `start = from(x)` needs such an operator."""
+    learners = p.having("learns_start")
+    if learners and p.start_from is None:
+        scope.error(f"{learners[0].op.name} learns the lower level's initial value, but the lower level does not "
+                    "start from an upper-level model", learners[0].span,
+                    fix="add `start = from(meta)` to the lower block, naming the upper model it starts from")
+    elif p.start_from is not None and not learners:
+        names = [op.name for op in rows_with("learns_start")]
+        scope.error(f"the lower level starts from an upper-level model, which only {' or '.join(names)} learns",
+                    p.at("lower", "start"),
+                    fix=f"learn the start with {' or '.join(names)}, e.g. `hypergradient = {names[0]}`, "
+                        "or use `start = warm`")
+    elif learners:
+        _same_structure(scope, p, learners[0].op)
+
+
+def _same_structure(scope: Scope, p: Facts, op: Operator):
+    ups = [d for d in p.upper.variables + p.upper.models if d.name == p.start_from]
+    downs = p.lower.variables + p.lower.models
+    if len(ups) != len(downs) or any(_structure(u) != _structure(d) for u, d in zip(ups, downs)):
+        up_text = ", ".join(f"{d.name} = {_structure_text(d)}" for d in ups)
+        down_text = ", ".join(f"{d.name} = {_structure_text(d)}" for d in downs)
+        scope.error(f"{op.name} needs upper and lower variables of identical structure: upper {up_text}; "
+                    f"lower {down_text}", p.at("lower", "start"), fix="declare the lower model exactly as the upper one")
+
+
+# why a written start cannot stand beside an operator that restarts the lower level from what it learns
+_RESTART_OVERRIDES = {"warm": "a warm start would discard it",
+                      "reinit": "each outer step starts from it, not from a reinitialisation"}
+
+
+def restarted_lower(scope: Scope, p: Facts):
+    written = p.setting("lower", "start")
+    for w in p.having("restarts_lower"):
+        if written is not None and p.lower.start.mode in _RESTART_OVERRIDES:
+            mode = p.lower.start.mode
+            scope.error(f"{w.op.name} learns the lower level's initial value; {_RESTART_OVERRIDES[mode]}",
+                        written.value.span, fix=f"remove `start = {mode}` ({w.op.name} starts from its learned value)")
+
+
+# --- the lower level's steps -------------------------------------------------------------------
+
+def one_inner_step(scope: Scope, p: Facts):
+    for w in p.having("one_inner_step"):
+        if p.lower.steps != 1:
+            scope.error(f"{w.op.name} is a single-loop method and needs one inner step per outer step, "
+                        f"not {p.lower.steps}", p.at("lower", "steps"), fix="set `steps = 1` in the lower block")
+
+
+def bounded_by_steps(scope: Scope, p: Facts):
+    steps = p.lower.steps
+    for w in p.having("bounded_by_steps"):
+        for name, verb in w.op.bounded_by_steps.items():
+            value = w.args[name]
+            if value >= steps:
+                scope.error(f"{w.op.name}({name}={value}) must {verb} fewer than the {steps} inner steps",
+                            w.arg_spans[name], fix=f"choose {name} between 1 and {steps - 1}, or raise steps"
+                            if steps > 1 else f"raise steps: {w.op.name} needs at least 2")
+
+
+# --- what the pipeline differentiates -------------------------------------------------------------
+
+def through_trajectory(scope: Scope, p: Facts):
+    """Operators that act through the differentiated trajectory change nothing when the
+    terminal differentiates at the lower solution."""
+    terminal = p.solution_terminal
+    if terminal is None:
+        return
+    ends = " or ".join(op.name for op in rows_with("terminal") if op.stage == TERMINAL and op.differentiates == "trajectory")
+    alone = [w.op.name for w in p.ops if w.op.terminal and w is not p.ops[-1]]  # it could end the pipeline itself
+    for w in p.having("through_trajectory"):
+        scope.error(f"{w.op.name} {w.op.through_trajectory}, but {terminal.op.name} differentiates at the lower "
+                    f"solution without going through the trajectory: {w.op.name} would change nothing", w.span,
+                    fix=f"remove {w.op.name}, or end the pipeline with {ends}"
+                        + (f" (or nothing after {alone[0]})" if alone else ""))
+
+
+def cut_start(scope: Scope, p: Facts):
+    """Cut off from its start, the trajectory carries no derivative to a start that is
+    learned (an identically zero step) or that is the only way x reaches the lower objective."""
+    if p.solution_terminal is not None:
+        return  # reported: operators acting through the trajectory change nothing there
+    for cut in p.having("cuts_start"):
+        what = f"{cut.op.name} cuts the differentiated trajectory off from the lower level's start"
+        for w in p.having("restarts_lower"):
+            scope.error(f"{what}, so the start {w.op.name} learns would never move", cut.span,
+                        notes=[(w.span, f"{w.op.name} is here")], fix=f"remove {cut.op.name} or {w.op.name}")
+        for w in p.having("learns_start"):
+            if not p.reads(p.lower_reads, "upper"):
+                scope.error(f"{what}, and the lower objective reads no upper variable: the start is the only path from "
+                            "the upper level to the lower solution, so the hypergradient would be identically zero",
+                            cut.span, notes=[(w.span, f"{w.op.name} is here")],
+                            fix=f"remove {cut.op.name}, or use the upper variables in the lower objective, e.g. "
+                                f"`+ 0.5 * sqdist({(p.lower.variables + p.lower.models)[0].name}, {p.start_from})`")
+
+
+def solution_needs_upper_in_lower(scope: Scope, p: Facts):
+    """At the lower solution, x acts only through the lower objective."""
+    terminal = p.solution_terminal
+    if terminal is None or p.reads(p.lower_reads, "upper"):
+        return
+    if p.start_from:
+        learner = next(op.name for op in rows_with("learns_start") if op.terminal)
+        fix = (f"for implicit MAML, anchor the learner to the meta-model, e.g. `+ 0.5 * sqdist("
+               f"{(p.lower.variables + p.lower.models)[0].name}, {p.start_from})`, or use `hypergradient = {learner}`")
+    else:
+        trajectory = next(op.name for op in rows_with("terminal") if op.differentiates == "trajectory" and op.stage == TERMINAL)
+        fix = f"use the upper variables in the lower objective, or use {trajectory}"
+    scope.error(f"{terminal.op.name} differentiates the lower solution through the lower objective's dependence on "
+                "the upper variables; this lower objective uses none, so the hypergradient would be zero",
+                terminal.span, fix=fix)
+
+
+def task_batches(scope: Scope, p: Facts):
+    task_sets = {ds.name for ds in p.datasets if ds.tasks}
+    if task_sets & {name for kind, name in p.lower_reads if kind == "data"} and not p.having("task_batches"):
+        names = [op.name for op in rows_with("task_batches")]
+        scope.error(f"few-shot task batches are learned by meta-learning pipelines, with {' or '.join(names)}",
+                    p.ops[0].span, fix="use " + " or ".join(f"`hypergradient = {n}`" for n in names))
+
+
+# --- settings that cannot matter (warnings) ------------------------------------------------------
+
+def datasets_used(scope: Scope, p: Facts):
+    for ds in p.datasets:
+        if ds.name not in scope.used:
+            scope.warn(f"dataset '{ds.name}' is never used", scope.symbols[ds.name].span,
+                       fix="use it in an objective or a metric, or remove it")
+
+
+def steps_unused(scope: Scope, p: Facts):
+    for w in p.ops:
+        if not w.op.uses_steps and p.lower.steps != 1:
+            scope.warn(f"{w.op.name} takes one lower step per outer step: `steps = {p.lower.steps}` has no effect",
+                       p.at("lower", "steps"), fix="set `steps = 1`")
+
+
+def inner_optimizer_unused(scope: Scope, p: Facts):
+    """Operators that step the lower variables by plain gradient steps read only the inner lr."""
+    plain = next((w for w in p.ops if w.op.inner_optimizer == "lr"), None)
+    if plain is None:
+        return
+    why = f"{plain.op.name} steps the lower variables by plain gradient steps at the inner learning rate"
+    optimizer = p.setting("lower", "optimizer").value
+    if p.lower.optimizer.name != "SGD":
+        scope.warn(f"{why}: {p.lower.optimizer.name}'s own update is not used", optimizer.span,
+                   fix=f"write `optimizer = SGD(lr={p.lower.optimizer.args['lr']:g})`")
+        return
+    for kw in _keywords(optimizer):
+        if kw.name.text != "lr":
+            scope.warn(f"{why}: {kw.name.text} has no effect", kw.span, fix=f"remove {kw.name.text}={scope.text_of(kw.value.span)}")
+
+
+def one_step_from_a_fresh_state(scope: Scope, p: Facts):
+    """The inner optimiser's state starts at zero every outer step: with one step, momentum (without
+    nesterov) and Adam's betas cannot change that step."""
+    if p.lower.steps != 1 or any(w.op.inner_optimizer == "lr" for w in p.ops):
+        return
+    args = p.lower.optimizer.args
+    cannot_matter = {"momentum": not args.get("nesterov"), "betas": p.lower.optimizer.name == "Adam"}
+    for kw in _keywords(p.setting("lower", "optimizer").value):
+        if cannot_matter.get(kw.name.text):
+            scope.warn(f"{kw.name.text} has no effect with one inner step: the optimiser's state starts at zero "
+                       "every outer step, so its first step does not depend on it", kw.span,
+                       fix=f"remove {kw.name.text}={scope.text_of(kw.value.span)}")
+
+
+def _keywords(optimizer: ast.Expr) -> list[ast.Keyword]:
+    return optimizer.kwargs if isinstance(optimizer, ast.Call) else []
+
+
+RULES = (lower_objective_reads_lower, upper_objective_reads_lower, upper_variables_used, direct_only,
+         learned_start, restarted_lower, one_inner_step, bounded_by_steps, through_trajectory, cut_start,
+         solution_needs_upper_in_lower, task_batches, datasets_used, steps_unused, inner_optimizer_unused,
+         one_step_from_a_fresh_state)
+
+
+# --- words ----------------------------------------------------------------------------------------
+
+def _structure(decl):
+    if isinstance(decl, ir.Model):
+        return ("model", decl.spec)
+    return ("var", tuple(decl.shape))
+
+
+def _structure_text(decl) -> str:
+    if isinstance(decl, ir.Model):
+        return decl.spec.name + "(...)" if decl.spec.kind != "input" else "input()"
+    return f"{decl.init}({', '.join(str(d) if isinstance(d, int) else f'{d.dataset}.{d.size}' for d in decl.shape)})"
+
+
+def _example_apply(lower: ir.LevelDecl) -> str:
+    if lower.models:
+        return f"mse({lower.models[0].name}(val.x), val.y)"
+    return f"a loss of {lower.variables[0].name} on validation data"

@@ -1,0 +1,1 @@
+"""Stage 1, syntax: source text, positions, located messages, the parser and its tree."""
