@@ -29,20 +29,3 @@ def in_root(monkeypatch):
     monkeypatch.chdir(ROOT)
     return ROOT
 
-
-# IAD -> FD and IAD -> IGA are rejected by the checker (FD and IGA would drop the derivative
-# through the start that IAD hands on), so these oracle cases of test_operators.py, which its
-# owner removes with the runtime's half of the change, can only fail: they must, and are reported so.
-REJECTED_BY_THE_CHECKER = {
-    "test_operators.py::test_task_batch_terminals_with_a_scalar_lower_variable[IAD -> FD(r=0.01)]",
-    "test_operators.py::test_task_batch_terminals_with_a_scalar_lower_variable[IAD -> IGA]",
-}
-
-
-def pytest_collection_modifyitems(items):
-    from blodsl.syntax.diagnostics import BloError
-
-    for item in items:
-        if item.nodeid.split("/")[-1] in REJECTED_BY_THE_CHECKER:
-            item.add_marker(pytest.mark.xfail(raises=BloError, strict=True,
-                                              reason="IAD -> FD and IAD -> IGA are rejected by the checker"))

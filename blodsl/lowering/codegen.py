@@ -114,11 +114,16 @@ class Emitter:
         return f"({text})" if mine < parent else text
 
     def arguments(self, args, kwargs) -> str:
-        named = [f"{k}={self.expr(v)}" for k, v in kwargs.items() if not keyword.iskeyword(k)]
-        spelled = {k: v for k, v in kwargs.items() if keyword.iskeyword(k)}  # e.g. lambda=0.1
+        return ", ".join([self.expr(a) for a in args] + self.keywords(kwargs, self.expr))
+
+    @staticmethod
+    def keywords(kwargs: dict, render) -> list[str]:
+        """`k=v` for each keyword argument; Python's own keywords (lambda=0.1) go through **{...}."""
+        named = [f"{k}={render(v)}" for k, v in kwargs.items() if not keyword.iskeyword(k)]
+        spelled = {k: v for k, v in kwargs.items() if keyword.iskeyword(k)}
         if spelled:
-            named.append("**{" + ", ".join(f"{lit(k)}: {self.expr(v)}" for k, v in spelled.items()) + "}")
-        return ", ".join([self.expr(a) for a in args] + named)
+            named.append("**{" + ", ".join(f"{lit(k)}: {render(v)}" for k, v in spelled.items()) + "}")
+        return named
 
     def value(self, a) -> str:
         """A constant argument of a declaration (sizes, layers, lists)."""
@@ -176,7 +181,7 @@ class Emitter:
     def settings(self):
         p, run = self.p, self.p.run
         self.emit(f"source = {lit(self.file)}", 1)
-        ops = ", ".join(f"rt.Op({lit(o.name)}{''.join(f', {k}={self.value(v)}' for k, v in o.params.items())})"
+        ops = ", ".join(f"rt.Op({', '.join([lit(o.name)] + self.keywords(o.params, self.value))})"
                         for o in p.hypergradient.operators)
         self.emit(f"pipeline = [{ops}]{self.at(p.hypergradient.line)}", 1)
         used = sorted(_datasets(p.upper.objective.expr) | _datasets(p.lower.objective.expr))
