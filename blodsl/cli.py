@@ -41,9 +41,9 @@ def _arguments() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE")
     compile_ = commands.add_parser("compile", help="print a stage of the compiler for one program", parents=[settings])
     compile_.add_argument("file", metavar="FILE")
-    compile_.add_argument("--emit", choices=("ast", "ir", "py"), default=None,
-                          help="ast: the syntax tree; ir: the checked program as JSON (the default); "
-                               "py: the generated Python module (the default with -o)")
+    compile_.add_argument("--emit", choices=("ast", "ir", "plan", "py"), default=None,
+                          help="ast: the syntax tree; ir: the checked program as JSON (the default); plan: what "
+                               "the pipeline lowers to; py: the generated Python module (the default with -o)")
     compile_.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of printing")
     run = commands.add_parser("run", help="train a program and report its metrics", parents=[settings])
     run.add_argument("file", metavar="FILE")
@@ -109,6 +109,10 @@ def _compile(args, checked) -> int:
     emit = args.emit or ("py" if args.output else "ir")
     if emit == "ast":
         text = dump(checked.tree) + "\n"
+    elif emit == "plan":
+        from .lowering.plan import plan_of
+
+        text = f"{plan_of(checked.program)}\n"
     elif emit == "ir":
         text = checked.program.model_dump_json(indent=2) + "\n"
     else:

@@ -39,6 +39,7 @@ class Operator:
     implied: bool = False           # in the pipeline when no operator of its stage (and no first-order method) is written
     excludes: dict[str, str] = field(default_factory=dict)   # other operator -> why the two cannot be combined
     requires: tuple[frozenset[str], str] | None = None       # (one of these operators, why)
+    overrides: dict[str, str] = field(default_factory=dict)  # other operator -> why its parameters have no effect
     # --- what it differentiates, checked against the program (semantics/rules.py)
     differentiates: str | None = None        # "trajectory": back through the inner steps; "solution": at the lower
                                              # solution only, through the lower objective's dependence on x
@@ -91,8 +92,16 @@ CATALOGUE: tuple[Operator, ...] = (
     Operator("DM", DYNAMICS_CORE, 2, "single-loop dual-multiplier method",
              (positive("v_lr", 0.1), positive("tau", 0.01), positive("p", 100.0),
               Param("mu0", float, 0.9, low=0, low_open=True, high=1, high_open=True),
-              positive("eta0", 0.5), choice("strategy", "s1", "s2", "s3", default="s1")),
+              choice("strategy", "s1", "s2", "s3", default="s1")),
              requires=(frozenset({"RAD", "CG"}), "the dual-multiplier method's upper gradient is defined for RAD or CG"),
+             excludes={"DI": "DM moves the lower level one step from where it stands; there is no start for DI "
+                             "to learn",
+                       "PTT": "DM takes one lower step per outer step; there is no trajectory for PTT to pick a "
+                              "step from",
+                       "IAD": "DM keeps the lower level between outer steps; it does not start from the upper one"},
+             overrides={"GDA": "DM mixes F into the lower objective by its own schedule, mu0 (k+1)^(-1/p)",
+                        "RAD": "with DM, RAD only says that DM's multiplier moves by the fixed step v_lr",
+                        "CG": "with DM, CG only says that DM's multiplier moves by the exact line-search step"},
              one_inner_step=True, inner_optimizer="lr"),
     Operator("PTT", TRAJECTORY_MODIFIER, 3, "differentiates at the step of largest upper loss",
              needs_successor=True),

@@ -270,6 +270,16 @@ def one_step_from_a_fresh_state(scope: Scope, p: Facts):
                        fix=f"remove {kw.name.text}={scope.text_of(kw.value.span)}")
 
 
+def parameters_overridden(scope: Scope, p: Facts):
+    """An operator that takes over another's job leaves that one's written parameters without effect."""
+    for w in p.ops:
+        for other in p.ops:
+            why = w.op.overrides.get(other.op.name)
+            for name, span in (other.arg_spans.items() if why else ()):
+                scope.warn(f"{other.op.name}'s {name} has no effect beside {w.op.name}: {why}", span,
+                           fix=f"remove {name}={scope.text_of(span)}")
+
+
 def _keywords(optimizer: ast.Expr) -> list[ast.Keyword]:
     return optimizer.kwargs if isinstance(optimizer, ast.Call) else []
 
@@ -277,7 +287,7 @@ def _keywords(optimizer: ast.Expr) -> list[ast.Keyword]:
 RULES = (lower_objective_reads_lower, upper_objective_reads_lower, upper_variables_used, direct_only,
          learned_start, restarted_lower, one_inner_step, bounded_by_steps, through_trajectory, cut_start,
          solution_needs_upper_in_lower, task_batches, datasets_used, steps_unused, inner_optimizer_unused,
-         one_step_from_a_fresh_state)
+         one_step_from_a_fresh_state, parameters_overridden)
 
 
 # --- words ----------------------------------------------------------------------------------------

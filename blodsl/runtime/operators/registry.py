@@ -67,10 +67,9 @@ class Plan:
 
 
 def operator_text(name: str, params: dict) -> str:
-    if not params:
-        return name
-    shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-    return f"{name}({shown})"
+    """NAME(k=v, ...) with every parameter but those settled at run time (None)."""
+    shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items() if v is not None)
+    return f"{name}({shown})" if shown else name
 
 
 def lower(operators: list[tuple[str, dict]], steps: int, inner_lr: float) -> Plan:

@@ -47,7 +47,8 @@ class Unrolled(Trajectory):
         if plan.checkpoint:
             return (f"the inner state every {plan.checkpoint} steps; the chunks in between are recomputed "
                     "when the sweep reaches them")
-        return f"the inner state at every chunk start ({-(-(plan.steps - plan.truncate) // plan.chunk)} states)"
+        kept = -(-(plan.steps - plan.truncate) // plan.chunk)
+        return f"the inner state at every chunk start ({kept} state{'s' if kept != 1 else ''})"
 
     def backward(self, ctx, x, d, fw: Forward):
         plan, batch = self.plan, ctx.batch
