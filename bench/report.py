@@ -10,8 +10,15 @@ PEERS = ("BOAT", "higher", "TorchOpt", "Betty")
 
 def cell_status(result: dict) -> str:
     if "ms" in result:
-        return f"{result['ms']:.2f} ms/step"
+        accuracy = (f", test accuracy {result['accuracy']:.4f}" if "accuracy" in result
+                    else f", {result['accuracy_failed']}" if "accuracy_failed" in result else "")
+        return f"{result['ms']:.2f} ms/step{accuracy}"
     return result.get("unsupported") or result.get("failed") or "no figure"
+
+
+def _accuracy_case(case) -> bool:
+    """A case run for a fixed number of outer steps and scored (the first-order suite)."""
+    return bool(case["case"].get("outer_steps"))
 
 
 def _impls(data) -> list[str]:
@@ -23,17 +30,60 @@ def _ms(case, impl):
     return case["results"].get(impl, {}).get("ms")
 
 
+def _note(notes: list[str], why: str) -> str:
+    """The footnote marker for `why`, numbered in order of first use."""
+    if why not in notes:
+        notes.append(why)
+    return f"[{notes.index(why) + 1}]"
+
+
 def _time_cell(case, impl, notes) -> str:
     r = case["results"].get(impl, {})
     if "ms" not in r:
-        why = r.get("unsupported") or r.get("failed") or "not run"
-        if why not in notes:
-            notes.append(why)
-        return f"n/a [{notes.index(why) + 1}]"
+        return "n/a " + _note(notes, r.get("unsupported") or r.get("failed") or "not run")
     mine = _ms(case, "blodsl")
     if impl == "blodsl" or mine is None:
         return f"{r['ms']:.2f}"
     return f"{r['ms']:.2f} ({r['ms'] / mine:.1f}x)"
+
+
+def _accuracy_cell(case, impl, notes) -> str:
+    """Time per step, then the test accuracy; a departure from the paper as a footnote."""
+    r = case["results"].get(impl, {})
+    mine = _ms(case, "blodsl")
+    if "ms" not in r:   # a crash is not the same as a method the library does not have
+        cell = ("failed " if "failed" in r else "n/a ") + _note(notes, r.get("failed") or r.get("unsupported")
+                                                                  or "not run")
+    else:
+        cell = f"{r['ms']:.2f} ms" + (f" ({r['ms'] / mine:.1f}x)" if impl != "blodsl" and mine else "")
+        if "accuracy" in r:
+            cell += f", **{r['accuracy']:.4f}**"
+        elif "accuracy_failed" in r:
+            cell += ", failed " + _note(notes, r["accuracy_failed"])
+    if r.get("departs"):
+        cell += " " + _note(notes, r["departs"])
+    return cell
+
+
+def first_order_table(data: dict) -> list[str]:
+    """The cases run for a fixed number of outer steps: time per step and test accuracy."""
+    cases = [c for c in data["cases"] if _accuracy_case(c)]
+    if not cases:
+        return []
+    impls = _impls(data)
+    steps = sorted({c["case"]["outer_steps"] for c in cases})
+    notes: list[str] = []
+    lines = [f"### First-order methods and DM on problem 1: time per outer step and test accuracy after "
+             f"{' or '.join(map(str, steps))} outer steps", "",
+             "Each cell: ms per outer step (median after warm-up; in brackets: how many times blodsl's time), "
+             "then in bold the lower model's accuracy on the clean test split after the last outer step. "
+             "Same data, zero start for the lower model and its copies, same learning rates; each "
+             "method's own defaults in each library except where a row's note says otherwise.", "",
+             "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
+    for case in cases:
+        name = case["name"] + (" " + _note(notes, case["note"]) if case.get("note") else "")
+        lines.append(f"| {name} | " + " | ".join(_accuracy_cell(case, i, notes) for i in impls) + " |")
+    return lines + [""] + [f"[{n}] {why}" for n, why in enumerate(notes, 1)] + [""]
 
 
 def markdown(data: dict) -> str:
@@ -44,14 +94,18 @@ def markdown(data: dict) -> str:
              + ", ".join(f"{k} {m[k]}" for k in ("boat-torch", "higher", "torchopt", "betty-ml")) + ".", ""]
 
     notes: list[str] = []
-    lines += ["### Time per outer step (ms, median after warm-up; in brackets: how many times blodsl's time)", "",
-              "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
-    for case in data["cases"]:
-        lines.append(f"| {case['name']} | " + " | ".join(_time_cell(case, i, notes) for i in impls) + " |")
-    lines += [""] + [f"[{n}] {why}" for n, why in enumerate(notes, 1)] + [""]
+    timed = [c for c in data["cases"] if not _accuracy_case(c)]
+    if timed:
+        lines += ["### Time per outer step (ms, median after warm-up; in brackets: how many times blodsl's time)", "",
+                  "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
+        for case in timed:
+            lines.append(f"| {case['name']} | " + " | ".join(_time_cell(case, i, notes) for i in impls) + " |")
+        lines += [""] + [f"[{n}] {why}" for n, why in enumerate(notes, 1)] + [""]
+    lines += first_order_table(data)
 
     lines += ["### Peak memory during a step (MB above the resident data) and hypergradient difference", "",
-              "Relative difference ||g - g_blodsl|| / ||g_blodsl|| of the first outer step's hypergradient.", "",
+              "Relative difference ||g - g_blodsl|| / ||g_blodsl|| of the first outer step's hypergradient "
+              "(for a first-order method or DM: the direction it hands the upper optimiser).", "",
               "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
     for case in data["cases"]:
         cells = []
