@@ -88,6 +88,7 @@ def hypergradient_differences(results: dict) -> None:
         if path:
             theirs = torch.cat([g.reshape(-1) for g in torch.load(path)])
             diff, size = float((theirs - ours).norm()), float(ours.norm())
+            result["grad_norm"] = float(theirs.norm())
             if size > 0:
                 result["rel_diff"] = diff / size
             elif diff == 0:     # both zero, as a first direction can be (DM's, from v = 0)
@@ -123,7 +124,8 @@ def main(argv=None):
                         help="CPU threads per process (0: torch's default); 1 keeps figures steady on a busy machine")
     parser.add_argument("--outer-steps", type=int, default=0,
                         help=f"outer steps of a first-order case before its test accuracy (default "
-                             f"{problems.ACCURACY_STEPS}; at least 3: the first, a warm-up, one timed); for smoke tests")
+                             f"{problems.ACCURACY_STEPS}; at least 3: the first, a warm-up, one timed), "
+                             "for smoke tests")
     parser.add_argument("--out", default="bench/results", help="folder for results.json/.md/.png")
     args = parser.parse_args(argv)
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
@@ -149,6 +151,9 @@ def main(argv=None):
             data["cases"].append({"case": dataclasses.asdict(case), "name": case.name, "results": results,
                                   "note": problems.NOTES.get(case.method) if case.outer_steps else None})
             (out / "results.json").write_text(json.dumps(data, indent=1))
+    # what the accuracy column means without cleaning, for each inner-step count it has
+    data["baselines"] = [{"steps": t, "outer_steps": n, "accuracy": problems.noisy_labels_accuracy(t, n)}
+                         for t, n in sorted({(c.steps, c.outer_steps) for c in cases if c.outer_steps})]
     text = report.markdown(data)
     (out / "results.md").write_text(text)
     report.plot(data, out / "results.png")

@@ -83,9 +83,11 @@ DEPARTURES = {
     "PGDO": "BOAT matches the paper for the difference penalty used here; its gradient penalty is "
             "detached and so adds nothing (fo_ol/pgdo.py:138-142)",
     "DM->RAD": "BOAT evaluates every quantity at the look-ahead y1 = y - beta grad f(y) (NGD runs first, "
-               "gm_ol/ngd.py:163) and moves y to y - beta grad f(y1) (gm_ol/dm.py:242-243); it sets the upper "
-               "lr to lr beta (k+1)^-tau, beta = 0.1 times blodsl's (:184-197), and v's step to "
-               "eta0 beta (k+1)^(-tau/2) = 0.05, not auxiliary_v_lr = 0.1 (:189-195)",
+               "gm_ol/ngd.py:163) and moves y to y - beta grad f(y1) (gm_ol/dm.py:242-243); y1 is on higher's "
+               "tape, so x's direction also carries dF(y1)/dx, a one-step unrolled hypergradient (:229-231; "
+               "it is all of the first direction, where v = 0); the upper lr is set to lr beta (k+1)^-tau, "
+               "beta = 0.1 times blodsl's (:184-197), and v's step to eta0 beta (k+1)^(-tau/2) = 0.05, not "
+               "auxiliary_v_lr = 0.1 (:189-195)",
     "DM->CG": "BOAT evaluates at the look-ahead y1 = y - beta grad f(y) as for DM->RAD; its Cauchy step "
               "squares the sum of per-tensor norms (gm_ol/dm.py:263) and divides by <r, H r> + 1e-12 "
               "unchecked (:274); the upper lr keeps no schedule (set in the RAD branch only, :179-197)",
