@@ -1,7 +1,8 @@
 """The benchmark harness: blodsl against the hand-written reference and the peer libraries.
 
     python -m bench quick            # a few minutes on a laptop CPU
-    python -m bench full             # every problem and size
+    python -m bench full             # every problem and size, and the first-order suite
+    python -m bench first-order      # VFO, VSO, MESO, PGDO, ALTO, DM on problem 1: time and test accuracy
     python -m bench quick --only maml --impls blodsl,higher
 
 Each (case, implementation) is measured in a fresh process (bench/worker.py). Compiled
@@ -86,7 +87,12 @@ def hypergradient_differences(results: dict) -> None:
         path = result.pop("grad_file", None)
         if path:
             theirs = torch.cat([g.reshape(-1) for g in torch.load(path)])
-            result["rel_diff"] = float((theirs - ours).norm() / ours.norm())
+            diff, size = float((theirs - ours).norm()), float(ours.norm())
+            result["grad_norm"] = float(theirs.norm())
+            if size > 0:
+                result["rel_diff"] = diff / size
+            elif diff == 0:     # both zero, as a first direction can be (DM's, from v = 0)
+                result["rel_diff"] = 0.0
 
 
 def machine(device: str) -> dict:
@@ -107,21 +113,30 @@ def machine(device: str) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", choices=("quick", "full"))
+    parser.add_argument("suite", choices=problems.SUITES)
     parser.add_argument("--only", default="", help="run the cases whose name contains this text")
     parser.add_argument("--impls", default=",".join(COMPILED + PEERS), help="comma-separated implementations")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=20, help="timed outer steps per measurement (at most)")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed outer steps per measurement (at most); a first-order case runs its own number")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds of timed steps per measurement")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads per process (0: torch's default); 1 keeps figures steady on a busy machine")
+    parser.add_argument("--outer-steps", type=int, default=0,
+                        help=f"outer steps of a first-order case before its test accuracy (default "
+                             f"{problems.ACCURACY_STEPS}; at least 3: the first, a warm-up, one timed), "
+                             "for smoke tests")
     parser.add_argument("--out", default="bench/results", help="folder for results.json/.md/.png")
     args = parser.parse_args(argv)
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     unknown = [i for i in impls if i not in IMPLS]
     if unknown:
         parser.error(f"unknown implementation {unknown[0]!r}; choose from {', '.join(IMPLS)}")
-    cases = [c for c in problems.suite(args.suite) if args.only in c.name]
+    if args.outer_steps and args.outer_steps < 3:
+        parser.error("--outer-steps must be at least 3")
+    cases = [dataclasses.replace(c, outer_steps=args.outer_steps) if c.outer_steps and args.outer_steps else c
+             for c in problems.suite(args.suite)]
+    cases = [c for c in cases if args.only in c.name]
     if not cases:
         parser.error(f"no case of the {args.suite} suite matches {args.only!r}")
 
@@ -133,8 +148,12 @@ def main(argv=None):
         for case in cases:
             results = measure_case(case, impls, args, Path(work))
             hypergradient_differences(results)
-            data["cases"].append({"case": dataclasses.asdict(case), "name": case.name, "results": results})
+            data["cases"].append({"case": dataclasses.asdict(case), "name": case.name, "results": results,
+                                  "note": problems.NOTES.get(case.method) if case.outer_steps else None})
             (out / "results.json").write_text(json.dumps(data, indent=1))
+    # what the accuracy column means without cleaning, for each inner-step count it has
+    data["baselines"] = [{"steps": t, "outer_steps": n, "accuracy": problems.noisy_labels_accuracy(t, n)}
+                         for t, n in sorted({(c.steps, c.outer_steps) for c in cases if c.outer_steps})]
     text = report.markdown(data)
     (out / "results.md").write_text(text)
     report.plot(data, out / "results.png")

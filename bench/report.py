@@ -10,8 +10,15 @@ PEERS = ("BOAT", "higher", "TorchOpt", "Betty")
 
 def cell_status(result: dict) -> str:
     if "ms" in result:
-        return f"{result['ms']:.2f} ms/step"
+        accuracy = (f", test accuracy {result['accuracy']:.4f}" if "accuracy" in result
+                    else f", {result['accuracy_failed']}" if "accuracy_failed" in result else "")
+        return f"{result['ms']:.2f} ms/step{accuracy}"
     return result.get("unsupported") or result.get("failed") or "no figure"
+
+
+def _accuracy_case(case) -> bool:
+    """A case run for a fixed number of outer steps and scored (the first-order suite)."""
+    return bool(case["case"].get("outer_steps"))
 
 
 def _impls(data) -> list[str]:
@@ -23,17 +30,68 @@ def _ms(case, impl):
     return case["results"].get(impl, {}).get("ms")
 
 
+def _note(notes: list[str], why: str) -> str:
+    """The footnote marker for `why`, numbered in order of first use."""
+    if why not in notes:
+        notes.append(why)
+    return f"[{notes.index(why) + 1}]"
+
+
 def _time_cell(case, impl, notes) -> str:
     r = case["results"].get(impl, {})
     if "ms" not in r:
-        why = r.get("unsupported") or r.get("failed") or "not run"
-        if why not in notes:
-            notes.append(why)
-        return f"n/a [{notes.index(why) + 1}]"
+        return "n/a " + _note(notes, r.get("unsupported") or r.get("failed") or "not run")
     mine = _ms(case, "blodsl")
     if impl == "blodsl" or mine is None:
         return f"{r['ms']:.2f}"
     return f"{r['ms']:.2f} ({r['ms'] / mine:.1f}x)"
+
+
+def _accuracy_cell(case, impl, notes) -> str:
+    """Time per step, then the test accuracy; a departure from the paper as a footnote."""
+    r = case["results"].get(impl, {})
+    mine = _ms(case, "blodsl")
+    if "ms" not in r:   # a crash is not the same as a method the library does not have
+        cell = ("failed " if "failed" in r else "n/a ") + _note(notes, r.get("failed") or r.get("unsupported")
+                                                                  or "not run")
+    else:
+        cell = f"{r['ms']:.2f} ms" + (f" ({r['ms'] / mine:.1f}x)" if impl != "blodsl" and mine else "")
+        if "accuracy" in r:
+            cell += f", **{r['accuracy']:.4f}**"
+        elif "accuracy_failed" in r:
+            cell += ", failed " + _note(notes, r["accuracy_failed"])
+    if r.get("departs"):
+        cell += " " + _note(notes, r["departs"])
+    return cell
+
+
+def first_order_table(data: dict) -> list[str]:
+    """The cases run for a fixed number of outer steps: time per step and test accuracy."""
+    cases = [c for c in data["cases"] if _accuracy_case(c)]
+    if not cases:
+        return []
+    impls = _impls(data)
+    steps = sorted({c["case"]["outer_steps"] for c in cases})
+    notes: list[str] = []
+    lines = [f"### First-order methods and DM on problem 1: time per outer step and test accuracy after "
+             f"{' or '.join(map(str, steps))} outer steps", "",
+             "Each cell: ms per outer step (median after warm-up; in brackets: how many times blodsl's time), "
+             "then in bold the lower model's accuracy on the clean test split after the last outer step. "
+             "Same data, zero start for the lower model and its copies, same learning rates; each "
+             "method's own defaults in each library except where a row's note says otherwise.", "",
+             "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
+    for case in cases:
+        name = case["name"] + (" " + _note(notes, case["note"]) if case.get("note") else "")
+        lines.append(f"| {name} | " + " | ".join(_accuracy_cell(case, i, notes) for i in impls) + " |")
+    lines += [""] + [f"[{n}] {why}" for n, why in enumerate(notes, 1)] + [""]
+    if data.get("baselines"):
+        reached = "; ".join(f"{b['accuracy']:.4f} after {b['outer_steps']} outer steps of {b['steps']} inner "
+                            f"step{'s' if b['steps'] > 1 else ''}" for b in data["baselines"])
+        lines += [f"Without cleaning (x held at 0, the lower model trained by plain SGD at the inner lr on the noisy "
+                  f"labels) the test accuracy is {reached}. It falls the longer the lower model fits the noisy "
+                  "labels, so a method whose lower model moves less (fewer or smaller steps) can score higher "
+                  "without cleaning better.", ""]
+    return lines
 
 
 def markdown(data: dict) -> str:
@@ -44,14 +102,18 @@ def markdown(data: dict) -> str:
              + ", ".join(f"{k} {m[k]}" for k in ("boat-torch", "higher", "torchopt", "betty-ml")) + ".", ""]
 
     notes: list[str] = []
-    lines += ["### Time per outer step (ms, median after warm-up; in brackets: how many times blodsl's time)", "",
-              "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
-    for case in data["cases"]:
-        lines.append(f"| {case['name']} | " + " | ".join(_time_cell(case, i, notes) for i in impls) + " |")
-    lines += [""] + [f"[{n}] {why}" for n, why in enumerate(notes, 1)] + [""]
+    timed = [c for c in data["cases"] if not _accuracy_case(c)]
+    if timed:
+        lines += ["### Time per outer step (ms, median after warm-up; in brackets: how many times blodsl's time)", "",
+                  "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
+        for case in timed:
+            lines.append(f"| {case['name']} | " + " | ".join(_time_cell(case, i, notes) for i in impls) + " |")
+        lines += [""] + [f"[{n}] {why}" for n, why in enumerate(notes, 1)] + [""]
+    lines += first_order_table(data)
 
     lines += ["### Peak memory during a step (MB above the resident data) and hypergradient difference", "",
-              "Relative difference ||g - g_blodsl|| / ||g_blodsl|| of the first outer step's hypergradient.", "",
+              "Relative difference ||g - g_blodsl|| / ||g_blodsl|| of the first outer step's hypergradient "
+              "(for a first-order method or DM: the direction it hands the upper optimiser).", "",
               "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
     for case in data["cases"]:
         cells = []
@@ -60,7 +122,11 @@ def markdown(data: dict) -> str:
             if "peak_mb" not in r:
                 cells.append("")
                 continue
-            diff = f", diff {r['rel_diff']:.1e}" if impl != "blodsl" and "rel_diff" in r else ""
+            diff = ""
+            if impl != "blodsl" and "rel_diff" in r:
+                diff = f", diff {r['rel_diff']:.1e}"
+            elif impl != "blodsl" and "grad_norm" in r:     # blodsl's is zero: no ratio to give
+                diff = f", norm {r['grad_norm']:.1e} where blodsl's is 0"
             cells.append(f"{r['peak_mb']:.1f} MB{diff}")
         lines.append(f"| {case['name']} | " + " | ".join(cells) + " |")
 
@@ -140,7 +206,8 @@ def targets(data: dict) -> list[str]:
 
 
 def plot(data: dict, path: Path) -> None:
-    """Time per step for every case (log scale), and RAD's time and memory as T grows."""
+    """Time per step for every case (log scale); RAD's time and memory as T grows; the test
+    accuracy of the cases that have one. A panel without figures is left out."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -150,31 +217,49 @@ def plot(data: dict, path: Path) -> None:
     impls = _impls(data)
     cases = [c for c in data["cases"] if c["case"]["problem"] != "rad_memory"]
     memory = [c for c in data["cases"] if c["case"]["problem"] == "rad_memory"]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5), gridspec_kw={"width_ratios": [3, 1, 1]})
+    scored = [c for c in cases if _accuracy_case(c)]
+    ratios = [3] + [1, 1] * bool(memory) + [2] * bool(scored)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(6 * sum(ratios) / 2, 5.5), gridspec_kw={"width_ratios": ratios},
+                             squeeze=False)
+    axes = list(axes[0])
+    _bars(axes.pop(0), impls, cases, _ms, "ms per outer step", log=True)
+    if memory:
+        _growth(axes.pop(0), axes.pop(0), impls, memory)
+    if scored:
+        _bars(axes.pop(0), impls, scored, lambda c, i: c["results"].get(i, {}).get("accuracy"),
+              f"test accuracy after {scored[0]['case']['outer_steps']} outer steps", log=False)
+    fig.suptitle(f"blodsl benchmark, {data['suite']} suite, {data['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _bars(ax, impls, cases, value, label: str, log: bool) -> None:
+    """One bar per (case, implementation) that has a value."""
     width = 0.8 / max(len(impls), 1)
     for k, impl in enumerate(impls):
-        xs = [i + k * width for i, c in enumerate(cases) if _ms(c, impl)]
-        ys = [_ms(c, impl) for c in cases if _ms(c, impl)]
-        axes[0].bar(xs, ys, width, label=impl)
-    axes[0].set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], [c["name"] for c in cases], rotation=40,
-                       ha="right", fontsize=8)
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("ms per outer step")
-    axes[0].legend()
+        xs = [i + k * width for i, c in enumerate(cases) if value(c, impl)]
+        ax.bar(xs, [value(c, impl) for c in cases if value(c, impl)], width, label=impl)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], [c["name"] for c in cases], rotation=40,
+                  ha="right", fontsize=8)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(label)
+    ax.legend(fontsize=8)
+
+
+def _growth(time_ax, memory_ax, impls, memory) -> None:
+    """RAD's time per step and peak memory against the number of inner steps."""
     for impl in impls:
         rows = [(c["case"]["steps"], c["results"].get(impl, {})) for c in memory]
         rows = [(t, r) for t, r in rows if "ms" in r]
         if rows:
-            axes[1].plot([t for t, _ in rows], [r["ms"] for _, r in rows], "o-", label=impl)
-            axes[2].plot([t for t, _ in rows], [max(r["peak_mb"], 0.1) for _, r in rows], "o-", label=impl)
-    for ax, label in ((axes[1], "ms per outer step"), (axes[2], "peak MB during a step")):
+            time_ax.plot([t for t, _ in rows], [r["ms"] for _, r in rows], "o-", label=impl)
+            memory_ax.plot([t for t, _ in rows], [max(r["peak_mb"], 0.1) for _, r in rows], "o-", label=impl)
+    for ax, label in ((time_ax, "ms per outer step"), (memory_ax, "peak MB during a step")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("inner steps T (RAD, hyper-cleaning)")
         ax.set_ylabel(label)
         if ax.get_lines():
             ax.legend(fontsize=8)
-    fig.suptitle(f"blodsl benchmark, {data['suite']} suite, {data['device']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

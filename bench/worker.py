@@ -4,6 +4,10 @@
 
 A fresh process per measurement keeps the figures independent: peak memory is this
 process's alone, and a cold compile is cold. Writes one JSON object to OUT_JSON.
+
+A case with outer_steps > 0 runs exactly that many outer steps (--repeats and --budget
+do not apply), times every step after the warm-up, and reads the lower model's test
+accuracy at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.problems import Case, Unsupported
+from bench.problems import Case, Unsupported, test_accuracy
 
 IMPLS = {"blodsl": "blodsl_impl", "reference": "reference", "BOAT": "boat_peer", "higher": "higher_peer",
          "TorchOpt": "torchopt_peer", "Betty": "betty_peer"}
@@ -93,13 +97,30 @@ def measure(impl: str, case: Case, device: str, repeats: int, budget: float, gra
     memory.reset()
     times = []
     deadline = time.perf_counter() + budget
-    while len(times) < repeats and (len(times) < 3 or time.perf_counter() < deadline):
+
+    def more() -> bool:
+        if case.outer_steps:    # the first step and the warm-up are two of them
+            return len(times) < case.outer_steps - 2
+        return len(times) < repeats and (len(times) < 3 or time.perf_counter() < deadline)
+
+    while more():
         t = time.perf_counter()
         runner.step()
         sync()
         times.append(time.perf_counter() - t)
-    return {"build_s": built - started, "first_hypergradient_s": first_grad - built, "start_s": first_step - started,
-            "ms": 1e3 * statistics.median(times), "ms_all": [1e3 * t for t in times], "peak_mb": memory.peak_mb()}
+    result = {"build_s": built - started, "first_hypergradient_s": first_grad - built,
+              "start_s": first_step - started, "ms": 1e3 * statistics.median(times),
+              "ms_all": [1e3 * t for t in times], "peak_mb": memory.peak_mb()}
+    if case.outer_steps:
+        weight, bias = runner.lower_weights()
+        if bool(torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+            result["accuracy"] = test_accuracy(weight, bias)
+        else:               # a NaN model would score as a constant guess; say what happened instead
+            result["accuracy_failed"] = f"NaN or inf in the lower model after {case.outer_steps} outer steps"
+    note = getattr(module, "DEPARTURES", {}).get(case.method)
+    if note:                # where this implementation's method departs from the paper's
+        result["departs"] = note
+    return result
 
 
 def main():

@@ -49,6 +49,8 @@ UNSUPPORTED = {
 
 
 def make(case: Case, device: str = "cpu"):
+    if case.method in P.FIRST_ORDER:
+        raise Unsupported(P.NO_FIRST_ORDER)
     if case.problem == "maml":
         raise Unsupported("Betty has no MAML: the inner start is copied from the meta-model, not "
                           "differentiated (its meta-learning example is iMAML)")
@@ -140,6 +142,9 @@ class _Runner:
         self.outer.optimizer.load_state_dict(saved[1])
         self.inner.module.load_state_dict(saved[2])
         return grads
+
+    def lower_weights(self):
+        return self.inner.module.weight, self.inner.module.bias
 
     def step(self) -> None:
         # T inner steps, then the upper update (Betty reads every loss with .item() to log it)

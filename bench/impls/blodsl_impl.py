@@ -9,11 +9,22 @@ import torch
 
 import blodsl
 from bench import problems
-from bench.problems import Case
+from bench.problems import Case, Unsupported
+from blodsl.diagnostics import BloError
+from blodsl.runtime import trees
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
-PIPELINES = {"CG": "CG(k={k}, tol={tol})".format(**problems.METHODS["CG"]), "NS": "NS(k={k})".format(**problems.METHODS["NS"]),
-             "FD": "FD(r={r})".format(**problems.METHODS["FD"]), "DI->RAD": "DI(lr={lr}) -> RAD".format(**problems.METHODS["DI"])}
+
+
+def _call(name: str, params: dict) -> str:
+    """An operator with its parameters, as written in a program: CG(k=10, tol=1e-10)."""
+    return f"{name}(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+
+
+M = problems.METHODS
+PIPELINES = {"CG": _call("CG", M["CG"]), "NS": _call("NS", M["NS"]), "FD": _call("FD", M["FD"]),
+             "DI->RAD": _call("DI", M["DI"]) + " -> RAD",
+             **{m: _call(m, params) for m, params in problems.FIRST_ORDER_PARAMS.items()}}
 
 
 def source(case: Case) -> str:
@@ -33,7 +44,10 @@ class Runner:
             data = (problems.l2_logreg_data(case.features, device) if case.problem == "l2_logreg"
                     else problems.hyper_cleaning_data(device))
             bindings = {"train": (data["train_x"], data["train_y"]), "val": (data["val_x"], data["val_y"])}
-        self.pipeline = blodsl.compile(source(case), bindings=bindings, device=device, compile=compile)
+        try:
+            self.pipeline = blodsl.compile(source(case), bindings=bindings, device=device, compile=compile)
+        except BloError as e:    # the checker refuses this method on this problem, and says why
+            raise Unsupported(f"blodsl's checker rejects it: {e.diagnostics[0].message}") from e
         self.names = problems.upper_names(case)
         with torch.no_grad():
             if case.problem == "maml":      # the shared initial meta-model
@@ -43,6 +57,10 @@ class Runner:
             else:                           # the lower model starts at zero, as everywhere in the benchmark
                 for t in [*self.pipeline.lower.values(), *(self.pipeline.start or {}).get("net", {}).values()]:
                     t.zero_()
+                # so do a first-order method's auxiliaries (VSO's z, MESO's theta, PGDO's y_hat), which
+                # blodsl starts as copies of the lower model's initial value, as BOAT does
+                for t in trees.leaves(self.pipeline.state):
+                    t.zero_()
 
     def hypergradient(self) -> list[torch.Tensor]:
         g = self.pipeline.hypergradient()
@@ -51,6 +69,9 @@ class Runner:
 
     def step(self) -> None:
         self.pipeline.step()
+
+    def lower_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pipeline.lower["net.weight"], self.pipeline.lower["net.bias"]
 
 
 def make(case: Case, device: str = "cpu") -> Runner:

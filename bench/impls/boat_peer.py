@@ -17,6 +17,11 @@ Where BOAT's operation differs from OPERATORS.md we keep BOAT's behaviour:
     of the config and alpha from the inner optimiser's lr, which are ours (k=10, lr).
 Everything else (RAD, CG, IGA, DI, PTT, IAD, FOA) matches OPERATORS.md to float32 round-off.
 
+The first-order methods are BOAT's `fo_op` (one name, the whole outer step) and DM is a
+`gm_op` run after NGD with RAD or CG as `na_op`, as in BOAT's data hyper-cleaning example
+and its tests. Where they depart from the papers is in DEPARTURES below (the report
+prints it under the figures).
+
 Costs BOAT adds to every run_iter that config cannot turn off: host syncs (.item() of
 the upper loss, PTT's per-step upper losses, CG's and NS's per-iteration stopping test),
 and one extra evaluation of f and F appended to a loss history that is rewritten in
@@ -45,6 +50,47 @@ OPS = {
     "PTT->RAD": (["NGD"], ["PTT", "RAD"]),
     "IAD": (["NGD"], ["IAD"]),
     "FOA->IAD": (["NGD"], ["FOA", "IAD"]),
+    # DM runs after one NGD step on higher's copy of the lower model (BOAT's tests: gm_op DM, NGD)
+    "DM->RAD": (["NGD", "DM"], ["RAD"]),
+    "DM->CG": (["NGD", "DM"], ["CG"]),
+}
+FO_OPS = ("VFO", "VSO", "MESO", "PGDO", "ALTO")   # BOAT's fo_op names, the same as ours
+
+# BOAT's method parameters have no defaults in code (a missing key is a KeyError): these are
+# the values of its data hyper-cleaning example, examples/data_hyper_cleaning/configs/
+# boat_config_dhl.json, the same as blodsl's defaults; problems.FIRST_ORDER_PARAMS overrides.
+METHOD_CONFIG = {
+    "VSO": {"z_loop": 5, "z_lr": 0.01, "ll_l2_reg": 0.1, "ul_l2_reg": 0.01, "ul_ln_reg": 10.0, "reg_decay": True},
+    "VFO": {"eta": 0.5, "u1": 0.1, "y_hat_lr": 0.01},   # eta is read but never used
+    "MESO": {"eta": 0.001, "gamma_1": 0.01, "c0": 0.2, "y_hat_lr": 0.1},
+    "PGDO": {"y_hat_lr": 0.01, "gamma_init": 0.0, "gamma_max": 0.2, "gamma_argmax_step": 30000,
+             "update_y_ahead": False, "penalty": "difference"},
+    "DM": {"auxiliary_v_lr": 0.1, "tau": 0.01, "p": 100, "mu0": 0.9, "eta0": 0.5, "strategy": "s1"},
+}
+
+# Where BOAT 1.1.1 departs from the paper a method cites (files under boat_torch/), so that a
+# reader knows why its figures differ from blodsl's. ALTO and RAD follow the definition.
+DEPARTURES = {
+    "VFO": "BOAT first trains y for T steps of the lower optimiser (fo_ol/vfo.py:109-116) and starts y_hat "
+           "from y's value before them, with momentum 0.5 (:93-94); y's own step then adds d_y to the last "
+           "inner gradient still in .grad (:174-176)",
+    "VSO": "BOAT's log barrier is ln(f(y).item() + phi - f(y)) (fo_ol/vso.py:117, :134): eps is dropped and "
+           "its value is ln(phi) wherever y is; y restarts from z every outer step (:103) and repeats its last "
+           "step (:124); the lower model it keeps, and which is scored, is z",
+    "MESO": "BOAT steps y before x (fo_ol/meso.py:123-134, x's direction at the new y :136-142) and "
+            "differentiates y's penalty through theta', itself a function of y, which scales it by (1 - eta gamma_1) "
+            "(:115-122)",
+    "PGDO": "BOAT matches the paper for the difference penalty used here; its gradient penalty is "
+            "detached and so adds nothing (fo_ol/pgdo.py:138-142)",
+    "DM->RAD": "BOAT evaluates every quantity at the look-ahead y1 = y - beta grad f(y) (NGD runs first, "
+               "gm_ol/ngd.py:163) and moves y to y - beta grad f(y1) (gm_ol/dm.py:242-243); y1 is on higher's "
+               "tape, so x's direction also carries dF(y1)/dx, a one-step unrolled hypergradient (:229-231; "
+               "it is all of the first direction, where v = 0); the upper lr is set to lr beta (k+1)^-tau, "
+               "beta = 0.1 times blodsl's (:184-197), and v's step to eta0 beta (k+1)^(-tau/2) = 0.05, not "
+               "auxiliary_v_lr = 0.1 (:189-195)",
+    "DM->CG": "BOAT evaluates at the look-ahead y1 = y - beta grad f(y) as for DM->RAD; its Cauchy step "
+              "squares the sum of per-tensor norms (gm_ol/dm.py:263) and divides by <r, H r> + 1e-12 "
+              "unchecked (:274); the upper lr keeps no schedule (set in the RAD branch only, :179-197)",
 }
 LINEAR_METHODS = ("RAD", "CG", "NS", "FD", "IGA", "DI->RAD", "PTT->RAD")
 
@@ -101,7 +147,7 @@ class LogDecay(torch.nn.Module):
 
 
 def make(case: Case, device: str = "cpu"):
-    if case.method not in OPS:
+    if case.method not in OPS and case.method not in FO_OPS:
         raise Unsupported(f"{case.method} is not a BOAT operation combination")
     if (case.problem == "maml") != (case.method in ("IAD", "FOA->IAD")):
         raise Unsupported(f"{case.method} is not defined for {case.problem}")
@@ -126,7 +172,8 @@ def _feeds(case, device):
 class _Runner:
     def __init__(self, case: Case, device: str, feeds, return_grad: bool = False):
         self.case, self.device, self.feeds, self.i = case, device, feeds, 0
-        gm_op, na_op = OPS[case.method]
+        fo_op = case.method if case.method in FO_OPS else None
+        gm_op, na_op = OPS.get(case.method, (None, None))
         maml = case.problem == "maml"
         if maml:
             # MAML as in BOAT's meta-learning example: one model is both levels; the inner
@@ -151,23 +198,26 @@ class _Runner:
             torch.nn.init.zeros_(lower.bias)
             lower, upper = lower.to(device), upper.to(device)
             losses = {"lower_level_loss": f, "upper_level_loss": _loss("val_ce")}
+        self.lower = lower
         config = {
-            "fo_op": None,
+            "fo_op": fo_op,
             "gm_op": gm_op,
             "na_op": na_op,
+            "fo_ol_batch_input": False,  # one feed dict per run_iter, not a list of task batches
             "lower_iters": case.steps,
             "device": device,
             "return_grad": return_grad,  # True: run_iter returns the hypergradient, no upper step
             "accumulate_grad": maml,  # maml: one feed dict per task, gradients accumulated
             # warm start: the lower model takes y_T after each step; with DI it holds the learned y0
             # instead (BOAT's DI optimiser steps these same tensors), so it must not be overwritten.
-            "copy_last_param": "DI" not in gm_op,
+            "copy_last_param": "DI" not in (gm_op or ()),
             "loss_log_path": os.devnull,  # BOAT dumps its loss history every iteration
             "DI": {"lr": problems.METHODS["DI"]["lr"]},
             "GDA": {"alpha_init": 0.5, "alpha_decay": 0.9},  # unused (no GDA), required by BOAT
             "RGT": {"truncate_iter": 0},
             "CG": {"k": problems.METHODS["CG"]["k"], "tolerance": problems.METHODS["CG"]["tol"]},  # NS reads these too
             "FD": {"r": problems.METHODS["FD"]["r"]},
+            **{name: {**params, **problems.FIRST_ORDER_PARAMS.get(name, {})} for name, params in METHOD_CONFIG.items()},
             "lower_level_model": lower,
             "upper_level_model": upper,
             "lower_level_var": list(lower.parameters()),
@@ -194,3 +244,6 @@ class _Runner:
 
     def step(self) -> None:
         self._run_iter()
+
+    def lower_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lower.weight, self.lower.bias

@@ -20,6 +20,8 @@ UNROLLED = ("RAD", "DI->RAD", "PTT->RAD")
 
 
 def make(case: Case, device: str = "cpu"):
+    if case.method in problems.FIRST_ORDER:
+        raise Unsupported(problems.NO_FIRST_ORDER)
     if case.method in ("CG", "NS", "FD", "IGA"):
         raise Unsupported("higher differentiates unrolled loops only; no implicit/approximate hypergradients")
     if case.problem == "maml" and case.method in ("IAD", "FOA->IAD"):
@@ -88,6 +90,9 @@ class _Linear:
         self.outer_opt.zero_grad()
         self.backward()
         return [self.x.grad.detach().clone()]
+
+    def lower_weights(self):
+        return self.model.weight, self.model.bias
 
     def step(self):
         self.outer_opt.zero_grad()

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as nnf
 from torch.func import grad, vjp, vmap
 
-from bench.problems import (HYPER_CLEANING, L2_LOGREG, MAML, METHODS, Case, Unsupported, hyper_cleaning_data,
-                            l2_logreg_data, maml_batch, maml_init)
+from bench.problems import (FIRST_ORDER, HYPER_CLEANING, L2_LOGREG, MAML, METHODS, Case, Unsupported,
+                            hyper_cleaning_data, l2_logreg_data, maml_batch, maml_init)
 
 WHOLE = 20      # inner loops up to this length are compiled whole
 
@@ -115,6 +115,9 @@ class _Linear:
 
     def hypergradient(self):
         return [self._run()[0][0]]
+
+    def lower_weights(self):
+        return self.y
 
     def step(self):
         grads, self.y = self._run()
@@ -324,6 +327,9 @@ class _Maml:
 
 
 def make(case: Case, device: str = "cpu"):
+    if case.method in FIRST_ORDER:
+        raise Unsupported("the hand-written reference covers the hypergradient pipelines, not the first-order "
+                          "methods or DM")
     if case.problem == "maml":
         if case.method not in ("IAD", "FOA->IAD"):
             raise Unsupported(case.method)

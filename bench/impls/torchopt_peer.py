@@ -24,6 +24,8 @@ from bench.problems import Case, Unsupported
 
 
 def make(case: Case, device: str = "cpu"):
+    if case.method in P.FIRST_ORDER:
+        raise Unsupported(P.NO_FIRST_ORDER)
     if case.problem == "maml":
         if case.method not in ("IAD", "FOA->IAD"):
             raise Unsupported(f"{case.method} is not a meta-learning method")
@@ -97,6 +99,9 @@ class _Unrolled:
         (grad,) = torch.autograd.grad(self._outer_loss(), self.x)
         torchopt.recover_state_dict(self.net, start)  # leave the runner as it was
         return [grad.detach()]
+
+    def lower_weights(self):
+        return self.net.weight, self.net.bias
 
     def step(self) -> None:
         loss = self._outer_loss()
