@@ -127,6 +127,7 @@ def hyper_cleaning_data(device="cpu", seed: int = 0, test: bool = False) -> dict
     train_y = torch.where(noisy, torch.randint(c["classes"], (c["train"],), generator=g), train_y)
     splits = dict(train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y)
     if test:
+        splits["noisy"] = noisy
         splits["test_x"], splits["test_y"] = draw(c["test"])
     return {k: v.to(device) for k, v in splits.items()}
 
@@ -137,6 +138,16 @@ def test_accuracy(weight: torch.Tensor, bias: torch.Tensor) -> float:
     with torch.no_grad():
         predicted = (d["test_x"] @ weight.detach().T + bias.detach()).argmax(1)
     return float((predicted == d["test_y"]).float().mean())
+
+
+def flagged_f1(w: torch.Tensor) -> float:
+    """How well problem 1's learned sample weights find the flipped labels: the F1 score of
+    the samples whose weight sigmoid(w) fell below 1/2 against those whose label was replaced
+    (a replacement that drew the same label counts as replaced)."""
+    noisy = hyper_cleaning_data(w.device, test=True)["noisy"]
+    flagged = torch.sigmoid(w.detach()) < 0.5
+    hits = float((flagged & noisy).sum())
+    return 2 * hits / float(flagged.sum() + noisy.sum()) if hits else 0.0
 
 
 def noisy_labels_accuracy(inner_steps: int, outer_steps: int) -> float:

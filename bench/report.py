@@ -58,6 +58,8 @@ def _accuracy_cell(case, impl, notes) -> str:
         cell = f"{r['ms']:.2f} ms" + (f" ({r['ms'] / mine:.1f}x)" if impl != "blodsl" and mine else "")
         if "accuracy" in r:
             cell += f", **{r['accuracy']:.4f}**"
+            if "flagged_f1" in r:
+                cell += f", F1 {r['flagged_f1']:.3f}"
         elif "accuracy_failed" in r:
             cell += ", failed " + _note(notes, r["accuracy_failed"])
     if r.get("departs"):
@@ -76,7 +78,9 @@ def first_order_table(data: dict) -> list[str]:
     lines = [f"### First-order methods and DM on problem 1: time per outer step and test accuracy after "
              f"{' or '.join(map(str, steps))} outer steps", "",
              "Each cell: ms per outer step (median after warm-up; in brackets: how many times blodsl's time), "
-             "then in bold the lower model's accuracy on the clean test split after the last outer step. "
+             "then in bold the lower model's accuracy on the clean test split after the last outer step, "
+             "then the F1 score of the samples whose learned weight sigmoid(w) fell below 1/2 against "
+             "those whose label was replaced (how well the method found the noise). "
              "Same data, zero start for the lower model and its copies, same learning rates; each "
              "method's own defaults in each library except where a row's note says otherwise.", "",
              "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]

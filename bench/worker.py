@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.problems import Case, Unsupported, test_accuracy
+from bench.problems import Case, Unsupported, flagged_f1, test_accuracy
 
 IMPLS = {"blodsl": "blodsl_impl", "reference": "reference", "BOAT": "boat_peer", "higher": "higher_peer",
          "TorchOpt": "torchopt_peer", "Betty": "betty_peer"}
@@ -115,6 +115,8 @@ def measure(impl: str, case: Case, device: str, repeats: int, budget: float, gra
         weight, bias = runner.lower_weights()
         if bool(torch.isfinite(weight).all() and torch.isfinite(bias).all()):
             result["accuracy"] = test_accuracy(weight, bias)
+            if hasattr(runner, "sample_weights"):
+                result["flagged_f1"] = flagged_f1(runner.sample_weights())
         else:               # a NaN model would score as a constant guess; say what happened instead
             result["accuracy_failed"] = f"NaN or inf in the lower model after {case.outer_steps} outer steps"
     note = getattr(module, "DEPARTURES", {}).get(case.method)

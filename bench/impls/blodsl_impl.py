@@ -10,7 +10,7 @@ import torch
 import blodsl
 from bench import problems
 from bench.problems import Case, Unsupported
-from blodsl.diagnostics import BloError
+from blodsl import BloError
 from blodsl.runtime import trees
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "programs"
@@ -72,6 +72,9 @@ class Runner:
 
     def lower_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.pipeline.lower["net.weight"], self.pipeline.lower["net.bias"]
+
+    def sample_weights(self) -> torch.Tensor:
+        return self.pipeline.upper["w"]
 
 
 def make(case: Case, device: str = "cpu") -> Runner:

@@ -198,7 +198,7 @@ class _Runner:
             torch.nn.init.zeros_(lower.bias)
             lower, upper = lower.to(device), upper.to(device)
             losses = {"lower_level_loss": f, "upper_level_loss": _loss("val_ce")}
-        self.lower = lower
+        self.lower, self.upper = lower, upper
         config = {
             "fo_op": fo_op,
             "gm_op": gm_op,
@@ -247,3 +247,6 @@ class _Runner:
 
     def lower_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lower.weight, self.lower.bias
+
+    def sample_weights(self) -> torch.Tensor:
+        return self.upper.w
