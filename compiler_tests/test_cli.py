@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from conftest import BAD, ROOT, run_cli
+from helpers import program
 
 
 def test_check_summarises_a_valid_program(in_root):
@@ -107,3 +108,19 @@ def test_check_prints_warnings_and_succeeds(tmp_path):
 def test_an_unknown_device_is_a_command_line_error(in_root):
     status, _, err = run_cli("run", "programs/hyper_cleaning.blo", "--device", "bogus")
     assert status == 2 and "unknown device 'bogus'" in err
+
+
+def test_compile_emits_the_plan(in_root, tmp_path):
+    """The plan says what each operator became: its kernels, its chunks, what the reverse sweep
+    keeps and the state it carries; a --set value shows in it."""
+    status, out, _ = run_cli("compile", "programs/hyper_cleaning.blo", "--emit", "plan",
+                             "--set", "RAD.checkpoint=10")
+    assert status == 0
+    assert out.splitlines()[0] == "pipeline  NGD -> RAD(checkpoint=10)"
+    assert "kernels   chunk, chunk_vjp, upper_grads" in out
+    assert "reverse   the inner state every 10 steps" in out and "state     none" in out
+    dm = tmp_path / "dm.blo"
+    dm.write_text(program(steps="steps = 1", hypergradient="hypergradient = DM(v_lr=0.2) -> CG"))
+    status, out, _ = run_cli("compile", str(dm), "--emit", "plan")
+    assert status == 0 and "v moves the exact line-search step" in out
+    assert "kernels   step" in out and "state     v, carried across outer steps" in out

@@ -47,7 +47,8 @@ class Runner:
         try:
             self.pipeline = blodsl.compile(source(case), bindings=bindings, device=device, compile=compile)
         except BloError as e:    # the checker refuses this method on this problem, and says why
-            raise Unsupported(f"blodsl's checker rejects it: {e.diagnostics[0].message}") from e
+            error = next(d for d in e.diagnostics if d.severity == "error")
+            raise Unsupported(f"blodsl's checker rejects it: {error.message}") from e
         self.names = problems.upper_names(case)
         with torch.no_grad():
             if case.problem == "maml":      # the shared initial meta-model

@@ -135,7 +135,7 @@ DATA_ARGS = rows(
           words="a list of positive fractions that add up to at most 1"),
     Param("label_noise", float, low=0, high=1, high_open=True, words="a fraction in [0, 1)"),
     nonnegative("seed", type=int),
-    *(count(name) for name in ("batch", "n", "features", "informative", "classes", "tasks", "shots", "queries")),
+    *(count(name) for name in ("n", "features", "informative", "classes", "tasks", "shots", "queries")),
     *(Param(name, list, length=2, ordered=True, words="a range [low, high]") for name in ("amplitude", "phase", "x_range")),
     nonnegative("noise"), nonnegative("separation"),
     flag("standardize"), flag("header"),
@@ -147,7 +147,7 @@ def _source(name, summary, min_args, *args: str):
     return _sig(name, summary, min_args, min_args, *(DATA_ARGS[a] for a in args))
 
 
-_COMMON = ("split", "seed", "batch", "label_noise")
+_COMMON = ("split", "seed", "label_noise")
 
 DATA_SOURCES: dict[str, DataSource] = {d.signature.name: d for d in (
     DataSource(_source("digits", "digits(split=[0.5, 0.25, 0.25], label_noise=0, seed=0): scikit-learn's "
@@ -159,7 +159,7 @@ DATA_SOURCES: dict[str, DataSource] = {d.signature.name: d for d in (
                        0, "n", "features", "informative", "classes", "separation", *_COMMON),
                ("x", "y", "y_clean", "noisy"), _TABLE_SIZES, default_split=(0.6, 0.2, 0.2)),
     DataSource(_source("regression", "regression(n=1000, features=20, noise=0.1, split=..., seed=0)",
-                       0, "n", "features", "noise", "split", "seed", "batch"),
+                       0, "n", "features", "noise", "split", "seed"),
                ("x", "y"), ("n", "features"), default_split=(0.6, 0.2, 0.2)),
     DataSource(_source("sinusoid", "sinusoid(tasks=25, shots=10, queries=10, amplitude=[0.1, 5], "
                        "phase=[0, 3.1416], x_range=[-5, 5], seed=0): a fresh batch of few-shot "
@@ -204,15 +204,18 @@ TORCH_OPTIMIZERS: dict[str, dict[str, Param]] = {
     "Adam": _optimizer("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"),
     "AdamW": _optimizer("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"),
     "Adamax": _optimizer("lr", "betas", "eps", "weight_decay", "maximize"),
-    "LBFGS": _optimizer("lr", "max_iter", "max_eval", "tolerance_grad", "tolerance_change", "history_size",
-                        "line_search_fn"),
     "NAdam": _optimizer("lr", "betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay",
                         "maximize"),
     "RAdam": _optimizer("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize"),
     "RMSprop": _optimizer("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"),
     "Rprop": _optimizer("lr", "etas", "step_sizes", "maximize"),
     "SGD": _optimizer("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
-    "SparseAdam": _optimizer("lr", "betas", "eps", "maximize"),
+}
+
+# torch.optim optimisers that cannot take a hypergradient step, and why.
+NOT_UPPER_OPTIMIZERS = {
+    "LBFGS": "it re-evaluates the upper objective through a closure, and a hypergradient step has none",
+    "SparseAdam": "it takes sparse gradients, and a hypergradient is dense",
 }
 
 # Lower level: optimisers whose steps blodsl differentiates through, with the defaults the IR spells out.

@@ -93,17 +93,10 @@ def split_table(x, y, split, seed, label_noise=0.0, standardize=False) -> list[T
     return tables
 
 
-def _whole_batches(batch) -> None:
-    if batch is not None:
-        raise DataError(f"batch={batch}: minibatches are not run by the engine yet; every outer step "
-                        "uses the whole dataset (remove batch=...)")
-
-
 # --- built-in sources -----------------------------------------------------------------
 
 
-def digits(split=(0.5, 0.25, 0.25), label_noise=0.0, seed=0, standardize=True, batch=None):
-    _whole_batches(batch)
+def digits(split=(0.5, 0.25, 0.25), label_noise=0.0, seed=0, standardize=True):
     from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 
     d = load_digits()
@@ -111,8 +104,7 @@ def digits(split=(0.5, 0.25, 0.25), label_noise=0.0, seed=0, standardize=True, b
 
 
 def classification(n=1000, features=20, informative=None, classes=2, separation=1.0,
-                   split=(0.6, 0.2, 0.2), label_noise=0.0, seed=0, standardize=False, batch=None):
-    _whole_batches(batch)
+                   split=(0.6, 0.2, 0.2), label_noise=0.0, seed=0, standardize=False):
     informative = features if informative is None else min(informative, features)
     g = torch.Generator().manual_seed(seed)
     centres = separation * torch.randn(classes, informative, generator=g)
@@ -122,8 +114,7 @@ def classification(n=1000, features=20, informative=None, classes=2, separation=
     return split_table(x, y, split, seed, label_noise, standardize)
 
 
-def regression(n=1000, features=20, noise=0.1, split=(0.6, 0.2, 0.2), seed=0, batch=None):
-    _whole_batches(batch)
+def regression(n=1000, features=20, noise=0.1, split=(0.6, 0.2, 0.2), seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, features, generator=g)
     w = torch.randn(features, generator=g)
@@ -175,8 +166,7 @@ def _open(path: Path):
     return path
 
 
-def npz(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0, batch=None):
-    _whole_batches(batch)
+def npz(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0):
     import numpy as np
 
     with np.load(_open(Path(path))) as arrays:
@@ -186,8 +176,7 @@ def npz(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0, batch=None):
         return split_table(torch.from_numpy(arrays[x]), torch.from_numpy(arrays[y]), split, seed, label_noise)
 
 
-def pt(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0, batch=None):
-    _whole_batches(batch)
+def pt(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0):
     saved = torch.load(_open(Path(path)), weights_only=True)
     if not isinstance(saved, dict) or x not in saved or y not in saved:
         held = ", ".join(saved) if isinstance(saved, dict) else type(saved).__name__
@@ -195,8 +184,7 @@ def pt(path, x="x", y="y", split=(1.0,), seed=0, label_noise=0.0, batch=None):
     return split_table(saved[x], saved[y], split, seed, label_noise)
 
 
-def csv(path, target=-1, header=True, split=(1.0,), seed=0, label_noise=0.0, batch=None):
-    _whole_batches(batch)
+def csv(path, target=-1, header=True, split=(1.0,), seed=0, label_noise=0.0):
     import csv as csvlib
 
     with open(_open(Path(path)), newline="") as f:
@@ -233,8 +221,7 @@ def _read_idx(path: Path) -> torch.Tensor:
     return data.reshape(shape)
 
 
-def idx(folder, split=(1.0,), seed=0, label_noise=0.0, batch=None):
-    _whole_batches(batch)
+def idx(folder, split=(1.0,), seed=0, label_noise=0.0):
     folder = _open(Path(folder))
     # a standard MNIST folder holds train-* and t10k-* files: the training set is the dataset
     images = sorted(folder.glob("*images*idx3*"), key=lambda p: "train" not in p.name)

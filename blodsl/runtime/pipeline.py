@@ -128,8 +128,6 @@ class Pipeline:
     def _optimizer(self, spec, params):
         name, args = spec
         cls = getattr(torch.optim, name)
-        if name == "LBFGS":
-            raise BuildError("LBFGS needs a closure that re-evaluates the objective; choose another upper optimizer")
         args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
         return cls(params, **args)
 

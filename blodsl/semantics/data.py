@@ -45,6 +45,11 @@ class DataBlock:
         if value.func.id == "input":
             return self.input_dataset(names, value)
         source = DATA_SOURCES[value.func.id]
+        batch = next((kw for kw in value.kwargs if kw.name.text == "batch"), None)
+        if batch is not None:
+            self.scope.error("minibatches are not run yet: every outer step reads the whole dataset", batch.span,
+                             fix=f"remove batch={self.scope.text_of(batch.value.span)}")
+            return []
         kwargs = check_call(self.scope, source.signature, value)
         if kwargs is None:
             return []

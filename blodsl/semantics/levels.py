@@ -4,7 +4,8 @@ the lower level its steps and how it starts."""
 from __future__ import annotations
 
 from .. import ir
-from ..catalogue.builtins import INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, SEQUENTIAL, TORCH_OPTIMIZERS
+from ..catalogue.builtins import (INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, NOT_UPPER_OPTIMIZERS, SEQUENTIAL,
+                                  TORCH_OPTIMIZERS)
 from ..catalogue.params import STEPS
 from ..syntax import ast
 from ..syntax.diagnostics import suggest
@@ -200,7 +201,10 @@ class LevelBlock:
             value.id if isinstance(value, ast.Name) else None
         known = INNER_OPTIMIZERS if self.level == "lower" else TORCH_OPTIMIZERS
         if name not in known:
-            if self.level == "lower" and name in TORCH_OPTIMIZERS:
+            if self.level == "upper" and name in NOT_UPPER_OPTIMIZERS:
+                self.scope.error(f"{name} cannot be the upper optimiser: {NOT_UPPER_OPTIMIZERS[name]}", value.span,
+                                 fix="use a first-order optimiser such as Adam(lr=...) or SGD(lr=...)")
+            elif self.level == "lower" and name in TORCH_OPTIMIZERS:
                 self.scope.error(f"{name} cannot be the inner optimiser: blodsl differentiates through "
                                  f"{' and '.join(INNER_OPTIMIZERS)} steps only", value.span,
                                  fix="use SGD (momentum, nesterov, weight_decay) or Adam")
