@@ -23,7 +23,7 @@ def test_implied_ngd_is_explicit_in_the_ir():
 
 
 def test_defaults_taken_from_the_program():
-    """NS's alpha and GAFFO's step are the inner learning rate; VFO's y_hat_steps the inner steps."""
+    """NS's alpha is the inner learning rate; VFO's y_hat_steps the inner steps."""
     assert ops(program(hypergradient="hypergradient = NS"))[-1] == ("NS", {"k": 10, "alpha": 0.5}, False)
     assert ops(program(hypergradient="hypergradient = VFO"))[-1][1] == {"u1": 0.1, "y_hat_lr": 0.01,
                                                                         "y_hat_steps": 20}
