@@ -48,6 +48,7 @@ def test_rows_refer_to_rows_and_their_own_parameters():
 
 @pytest.mark.parametrize("name,params", [
     ("MESO", ["eta", "gamma_1", "c0"]),                # y_hat_lr is not in its definition
+    ("GAFFO", ["lambda", "sigma", "lower_step"]),      # blodsl follows the paper: no `maximize`
     ("VSO", ["z_loop", "z_lr", "ll_l2_reg", "ul_l2_reg", "ul_ln_reg", "reg_decay", "eps"]),
     ("DM", ["v_lr", "tau", "p", "mu0", "strategy"]),
 ])

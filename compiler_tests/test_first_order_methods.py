@@ -1,10 +1,10 @@
-"""The first-order methods (VSO, VFO, MESO, PGDO, ALTO) against their definitions,
+"""The first-order methods (VSO, VFO, MESO, PGDO, ALTO, GAFFO) against their definitions,
 in float64, on the quadratic bilevel problem:
 
 f = 1/2 y'Ay - y'(Bx + b), F = 1/2 |y - c|^2 + rho/2 |x|^2, y* = A^-1 (Bx + b).
 
 Each expected value is computed in this file from the formulas (plain tensors, closed
-forms), never by blodsl. x and y have the same size, so a method may start y at x.
+forms), never by blodsl. x and y have the same size, so GAFFO's `start = from(x)` fits.
 """
 
 import pytest
@@ -203,10 +203,47 @@ def test_vso_two_outer_steps():
 
 
 
+def test_gaffo_on_the_quadratic():
+    """GAFFO: from y = x, y1 = y - s df/dy, b = df/dy(y1), p = df/dy(y1 + sigma b), so for a
+    quadratic f, p - b = sigma A (A y1 - (Bx + b)); x gets (dF/dx + dF/dy)(y1) / lambda + p - b."""
+    q, (x, _) = quad(), start()
+    pq = Quadratic(q)
+    s, sigma, lam = 0.1, 0.05, 2.0
+    built = build(quad_program(f"GAFFO(lambda={lam}, sigma={sigma}, lower_step={s})", steps=1,
+                               start="start = from(x)"), quad=q, x=x, y=torch.zeros(N, dtype=D))
+    y1 = x - s * pq.gy_f(x, x)
+    p_minus_b = sigma * q["A"] @ (q["A"] @ y1 - (q["B"] @ x + q["b"]))
+    expected = (RHO * x + pq.gy_F(y1)) / lam + p_minus_b
+    assert_close(built.hypergradient()["x"], expected)
+    built.step()
+    assert_close(built.upper["x"], x - UPPER_LR * expected)
+    assert_close(built.lower["y"], y1)
+
+
+def test_gaffo_on_a_task_batch_is_the_mean_of_per_task_directions():
+    """GAFFO on few-shot task batches: per task f = mean((sy - c)^2), F = mean((qy - c)^2), from
+    c = c0: the batch's direction is the mean over tasks (here f'' = 2, so p - b = 2 sigma b)."""
+    source = program(
+        data="tasks = sinusoid(tasks=4, shots=5, queries=5)",
+        upper="var c0 = 0.5\nobjective = mean((tasks.query_y - c) ** 2)\noptimizer = SGD(lr=0.1)",
+        lower="var c = 0.5\nobjective = mean((tasks.support_y - c) ** 2)\noptimizer = SGD(lr=0.2)\nsteps = 1\n"
+              "start = from(c0)",
+        pipeline="GAFFO(lambda=0.5, sigma=0.1)")
+    built = build(source)
+    (batch,) = built._data(built.problem.data_used, built.steps_done).values()
+    got = built.hypergradient()["c0"]
+
+    sy, qy = batch["support_y"].flatten(1), batch["query_y"].flatten(1)
+    y1 = 0.5 + 0.2 * 2 * (sy - 0.5).mean(1)              # lower_step defaults to the inner lr
+    b = -2 * (sy - y1[:, None]).mean(1)
+    expected = (-2 * (qy - y1[:, None]).mean(1) / 0.5 + 2 * 0.1 * b).mean()
+    assert_close(got, expected)
+
+
 # --- every method: a saved pipeline continues exactly ----------------------------------------------
 
 METHODS = [("VSO(z_loop=2)", ""), ("VFO", ""), ("MESO", "steps1"), ("PGDO", ""),
-           ("PGDO(penalty=gradient)", ""), ("ALTO", "steps1"),
+           ("PGDO(penalty=gradient)", ""), ("ALTO", "steps1"), ("GAFFO", "from"),
            ("DM -> RAD", "steps1"), ("GDA -> DM -> CG", "steps1")]
 
 

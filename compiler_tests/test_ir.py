@@ -7,7 +7,7 @@ import pytest
 from blodsl import ir
 from blodsl.syntax.source import Source
 from blodsl.frontend import check_source
-from helpers import BASE, check_text, errors_of, program
+from helpers import BASE, META, check_text, errors_of, program
 
 
 def ops(text):
@@ -23,10 +23,12 @@ def test_implied_ngd_is_explicit_in_the_ir():
 
 
 def test_defaults_taken_from_the_program():
-    """NS's alpha is the inner learning rate; VFO's y_hat_steps the inner steps."""
+    """NS's alpha and GAFFO's step are the inner learning rate; VFO's y_hat_steps the inner steps."""
     assert ops(program(hypergradient="hypergradient = NS"))[-1] == ("NS", {"k": 10, "alpha": 0.5}, False)
     assert ops(program(hypergradient="hypergradient = VFO"))[-1][1] == {"u1": 0.1, "y_hat_lr": 0.01,
                                                                         "y_hat_steps": 20}
+    gaffo = program(META, hypergradient="hypergradient = GAFFO", steps="steps = 1")
+    assert ops(gaffo)[-1] == ("GAFFO", {"lambda": 1.0, "sigma": 0.01, "lower_step": 0.01}, False)
 
 
 def test_canonical_text_fills_parameters():

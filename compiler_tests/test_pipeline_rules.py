@@ -6,6 +6,23 @@ import pytest
 
 from helpers import BASE, META, check_text, errors_of, program, warnings_of
 
+GAFFO = """data {
+    train, val = regression(features=5, split=[0.5, 0.5])
+}
+upper {
+    var v = zeros(train.features)
+    objective = mean((val.x @ w - val.y) ** 2) + sum(v ** 2)
+    optimizer = Adam(lr=0.1)
+}
+lower {
+    var w = zeros(train.features)
+    objective = mean((train.x @ w - train.y) ** 2) + sum((w - v) ** 2)
+    optimizer = SGD(lr=0.1)
+    steps = 1
+    start = from(v)
+}
+hypergradient = GAFFO(lambda=0.5)
+"""
 
 ACCEPTED = [
     # stage order: dynamics modifiers, core, trajectory modifiers, IAD, terminal
@@ -36,6 +53,7 @@ ACCEPTED = [
     ("RGT with FD absent", program(hypergradient="hypergradient = RGT(truncate=19) -> RAD")),
     ("DM with CG and one step", program(steps="steps = 1", hypergradient="hypergradient = DM -> CG")),
     ("DM with RAD and one step", program(steps="steps = 1", hypergradient="hypergradient = DM(strategy=s2) -> RAD")),
+    ("GAFFO on identical structures", GAFFO),
 ]
 
 REJECTED = [
@@ -97,8 +115,12 @@ REJECTED = [
      "IAD needs upper and lower variables of identical structure"),
     ("IAD without start", program(META, start=None), "IAD learns the lower level's initial value"),
     ("start from without IAD", program(META, hypergradient="hypergradient = RAD"),
-     "the lower level starts from an upper-level model, which only IAD learns"),
+     "the lower level starts from an upper-level model, which only IAD or GAFFO learns"),
     ("ALTO with zero gradient", program(hypergradient="hypergradient = ALTO"), "ALTO's hypergradient"),
+    ("GAFFO on different structures", program(hypergradient="hypergradient = GAFFO", after_steps="start = from(w)"),
+     "GAFFO needs upper and lower variables of identical structure"),
+    ("GAFFO without start", program(hypergradient="hypergradient = GAFFO"),
+     "GAFFO learns the lower level's initial value, but the lower level does not start from an upper-level model"),
     ("parameter of wrong type", program(hypergradient="hypergradient = CG(k=2.5)"), "CG's k must be an integer >= 1"),
     ("negative checkpoint", program(hypergradient="hypergradient = RAD(checkpoint=-1)"),
      "RAD's checkpoint must be an integer >= 0"),

@@ -147,6 +147,9 @@ CATALOGUE: tuple[Operator, ...] = (
              inner_optimizer="lr"),
     Operator("ALTO", FIRST_ORDER, None, "one lower step, then the direct upper gradient only",
              direct_only=True, uses_steps=False, inner_optimizer="lr"),
+    Operator("GAFFO", FIRST_ORDER, None, "regularised gap function, from the upper variables each outer step",
+             (positive("lambda", 1.0), positive("sigma", 0.01), positive("lower_step", FromProgram("inner_lr"))),
+             learns_start=True, task_batches=True, uses_steps=False, inner_optimizer="lr"),
 )
 
 BY_NAME: dict[str, Operator] = {op.name: op for op in CATALOGUE}

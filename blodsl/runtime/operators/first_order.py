@@ -1,7 +1,7 @@
 """First-order methods: each is the whole pipeline and owns the outer step. It moves the
 lower variables itself (plain gradient steps at the inner learning rate, beta), keeps
 its auxiliary variables between outer steps, and hands the upper optimiser a
-direction for x: VSO, VFO, MESO, PGDO and ALTO.
+direction for x: VSO, VFO, MESO, PGDO, ALTO and GAFFO.
 
 Each follows the paper it cites (blodsl's README lists where another library
 departs from it). Quantities that change from one outer step to the next (the
@@ -256,3 +256,36 @@ class ValueFunctionSequential(FirstOrder):
             raise RunError(f"VSO's log barrier left its domain at outer step {k + 1}: phi + eps - f(x, y) = "
                            f"{gap.item():.3g} is not positive; raise VSO's eps (now {eps:g}) or lower z_lr")
         return Outcome(dx, y, F, f, state={"z": z})
+
+
+@register("GAFFO")
+class GapFunctionFirstOrder(FirstOrder):
+    """regularised gap function: y = x; y1 = y - s df/dy; x gets dF/dy(y1) / lambda + df/dy(y1 + sigma b) - b"""
+
+    @classmethod
+    def describe(cls, plan, params) -> str:
+        p = params
+        return (f"regularised gap function: from y = x, y1 = y - {p['lower_step']:g} df/dy; b = df/dy(y1), "
+                f"p = df/dy(y1 + {p['sigma']:g} b); x gets dF(y1) / {p['lambda']:g} + (p - b), the first-order "
+                f"gradient of F / lambda + sigma/2 |df/dy|^2 at y1")
+
+    def kernels(self, lib: Objectives) -> dict[str, Kernel]:
+        s, sigma, lam = self.params["lower_step"], self.params["sigma"], self.params["lambda"]
+
+        def step(x, y, d):
+            g, f = grad_and_value(lib.f, argnums=1)(x, y, d)
+            y1 = trees.axpy(-s, g, y)
+            b = lib.grad_y_f(x, y1, d)
+            p = lib.grad_y_f(x, trees.axpy(sigma, b, y1), d)
+            F, gx_F, gy_F = lib.upper_grads(x, y1, d)
+            through_y = trees.add(trees.scale(gy_F, 1 / lam), trees.sub(p, b))
+            return trees.scale(gx_F, 1 / lam), through_y, y1, F, f
+
+        return {"step": Kernel(step, "std")}
+
+    def outcome(self, ctx: Context, x, y, state, d, k) -> Outcome:
+        batch = ctx.batch
+        gx, through_y, y1, F, f = ctx.kernels.step(x, y, d)
+        w = batch.mean_weight()
+        # the lower level starts at the upper one, so the trainer adds dF/dy0 to it (a mean over tasks)
+        return Outcome(batch.total(trees.scale(gx, w)), y1, F.mean(), f.mean(), start_grad=trees.scale(through_y, w))
