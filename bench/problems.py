@@ -20,7 +20,7 @@ the same maths from these definitions, so their hypergradients can be compared.
        F = mean over tasks of mse(learner_T(query_x), query_y)
 4. rad_memory: problem 1 with RAD and T inner steps, for time and memory.
 
-Methods follow OPERATORS.md: RAD, CG(k, tol), NS(k, alpha = inner lr), FD(r),
+Methods follow the README's definitions: RAD, CG(k, tol), NS(k, alpha = inner lr), FD(r),
 IGA, DI -> RAD, PTT -> RAD, IAD, FOA -> IAD; and on problem 1 the first-order
 methods VFO, VSO, MESO, PGDO, ALTO and the dual-multiplier method DM -> RAD,
 DM -> CG (one inner step), each run ACCURACY_STEPS outer steps and scored by the

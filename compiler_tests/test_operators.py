@@ -1,8 +1,8 @@
 """Hypergradient correctness: each operator against an independent float64 oracle.
 
-The oracles are those of OPERATORS.md ("Correctness oracles (float64)"): closed forms
-solved with torch.linalg, or plain torch.autograd through an inner loop written out in
-this file. No expected value is computed with blodsl's own kernels; programs are built
+The oracles are closed forms of textbook problems (ridge regression, quadratics,
+least-squares hyper-cleaning, iMAML's proximal problem) solved with torch.linalg, or plain
+torch.autograd through an inner loop written out in this file. No expected value is computed with blodsl's own kernels; programs are built
 with `blodsl.compile(..., compile=False, dtype="float64")` and read through the public
 `Pipeline` interface (`.hypergradient()`, `.upper`, `.lower`, `.step()`, `.start`).
 

@@ -5,7 +5,7 @@ u2l/l2u; the inner Config has unroll_steps=T, so one `engine.run()` over T itera
 outer step (T inner SGD steps, then the upper Adam update). Data: one full batch, repeated.
 
 - FD, NS, CG: `ImplicitProblem` with Config(type="darts" | "neumann" | "cg"). Betty's own
-  definitions are kept; where they differ from OPERATORS.md:
+  definitions are kept; where they differ from blodsl's (README):
   * darts returns grad_x F - (grad_x f(y+e v) - grad_x f(y-e v)) / (2e): no inner learning
     rate eta in front (Betty reads it as implicit differentiation with H^-1 ~ I), so its
     implicit term is 1/eta times ours (10x on hyper_cleaning); there is no config for eta.

@@ -7,15 +7,15 @@ objectives are plain functions `loss(feed_dict, upper_model, lower_model, **kwar
 that BOAT loads by dotted name from a loss config; `Problem.run_iter` then runs the
 inner loop (through `higher`), the hypergradient and the upper optimiser's step.
 
-Where BOAT's operation differs from OPERATORS.md we keep BOAT's behaviour:
+Where BOAT's operation differs from blodsl's definition (README) we keep BOAT's behaviour:
   - FD: BOAT takes the finite difference of grad_x f around the lower model's own
     weights, i.e. the inner loop's start y_0 (as DARTS does for its one-step unroll),
     not around y_T; v = grad_y F is taken at y_T. On hyper_cleaning (T = 5, first outer
-    step) this differs from OPERATORS.md's FD at y_T by about 5% (relative norm); it
+    step) this differs from blodsl's definition (README)'s FD at y_T by about 5% (relative norm); it
     matches the same formula evaluated at y_0 to 1e-5.
   - NS: BOAT's NS has no parameters of its own: it reads k and tol from the CG entry
     of the config and alpha from the inner optimiser's lr, which are ours (k=10, lr).
-Everything else (RAD, CG, IGA, DI, PTT, IAD, FOA) matches OPERATORS.md to float32 round-off.
+Everything else (RAD, CG, IGA, DI, PTT, IAD, FOA) matches blodsl's definitions to float32 round-off.
 
 The first-order methods are BOAT's `fo_op` (one name, the whole outer step) and DM is a
 `gm_op` run after NGD with RAD or CG as `na_op`, as in BOAT's data hyper-cleaning example
