@@ -2,8 +2,9 @@
 
 The oracles are closed forms of textbook problems (ridge regression, quadratics,
 least-squares hyper-cleaning, iMAML's proximal problem) solved with torch.linalg, or plain
-torch.autograd through an inner loop written out in this file. No expected value is computed with blodsl's own kernels; programs are built
-with `blodsl.compile(..., compile=False, dtype="float64")` and read through the public
+torch.autograd through an inner loop written out in this file. No expected value is
+computed with blodsl's own kernels; programs are built with
+`blodsl.compile(..., compile=False, dtype="float64")` and read through the public
 `Pipeline` interface (`.hypergradient()`, `.upper`, `.lower`, `.step()`, `.start`).
 
 Data is bound with `input(fields=[...])` under field names other than x/y, so it reaches
