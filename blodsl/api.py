@@ -48,6 +48,11 @@ def compile(path_or_source, bindings: dict | None = None, device: str | None = N
     make it invalid, ValueError for a setting that names nothing to set, and
     blodsl.runtime.BuildError for a binding or file that does not fit it.
     """
+    run = {f"run.{name}": value for name, value in (("device", device), ("dtype", dtype), ("seed", seed))
+           if value is not None}    # checked as the run block's settings are
+    if run:
+        settings = ({**settings, **run} if isinstance(settings, dict)
+                    else [*(settings or []), *(f"{k}={v}" for k, v in run.items())])
     program = checked_program(path_or_source, settings)
     module = load_module(generate(program), program)
-    return module.build(bindings=bindings, device=device, dtype=dtype, compile=compile, seed=seed)
+    return module.build(bindings=bindings, compile=compile)

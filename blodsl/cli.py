@@ -47,10 +47,13 @@ def _arguments() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of printing")
     run = commands.add_parser("run", help="train a program and report its metrics", parents=[settings])
     run.add_argument("file", metavar="FILE")
-    run.add_argument("--outer-steps", type=int, metavar="N", help="outer steps (default: the program's)")
-    run.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: the program's, else CUDA when present)")
-    run.add_argument("--dtype", choices=("float32", "float64"))
-    run.add_argument("--seed", type=int)
+    # these set the run block's settings, checked by its rows (and recorded as --set values are)
+    run.add_argument("--outer-steps", type=_run_setting("outer_steps", int), metavar="N",
+                     help="outer steps (default: the program's)")
+    run.add_argument("--device", type=_run_setting("device", str),
+                     help="cpu, cuda or cuda:N (default: the program's, else CUDA when present)")
+    run.add_argument("--dtype", type=_run_setting("dtype", str), help="float32 or float64")
+    run.add_argument("--seed", type=_run_setting("seed", int))
     run.add_argument("--no-compile", action="store_true", help="run the same code eagerly (no torch.compile)")
     run.add_argument("--no-baseline", action="store_true", help="skip the program's baseline comparison")
     run.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on stdout")
@@ -58,11 +61,23 @@ def _arguments() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(text: str) -> str:
-    """--device is checked by the row of the run block's `device`."""
-    if RUN["device"].problem(text):
-        raise argparse.ArgumentTypeError(f"unknown device '{text}': use {RUN['device'].describe()}")
-    return text
+def _run_setting(name: str, kind: type):
+    """An option that sets the run block's `name`, checked by that setting's row."""
+
+    def read(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = text
+        problem = RUN[name].problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{name} {problem}, not {text!r}")
+        return value
+
+    return read
+
+
+FLAGS = ("outer_steps", "device", "dtype", "seed")   # `blodsl run --NAME` for these run settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         _arguments().print_help(sys.stderr)
         return EXIT_USAGE
     files = args.files if args.command == "check" else [args.file]
+    if args.command == "run":
+        args.settings += [f"run.{name}={getattr(args, name)}" for name in FLAGS if getattr(args, name) is not None]
     status = EXIT_OK
     for path in files:
         try:
@@ -145,9 +162,6 @@ def _is_generated(path: Path) -> bool:
 
 
 def _run(args, program: ir.Program) -> int:
-    if args.outer_steps is not None and args.outer_steps < 1:
-        print("blodsl: error: --outer-steps must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         print(f"blodsl: error: '{out}' already exists and is not empty; choose a new run folder", file=sys.stderr)
@@ -158,8 +172,7 @@ def _run(args, program: ir.Program) -> int:
     from .runtime.operators import RunError
 
     try:
-        run(program, outer_steps=args.outer_steps, device=args.device, dtype=args.dtype, seed=args.seed,
-            compile=not args.no_compile, out=out, as_json=args.json, baseline=not args.no_baseline)
+        run(program, compile=not args.no_compile, out=out, as_json=args.json, baseline=not args.no_baseline)
     except (BuildError, DataError, RunError) as e:
         line = _lines(program).get(getattr(e, "where", None), (None,))[0]
         print(f"{program.path}{f':{line}' if line else ''}: error: {e}", file=sys.stderr)
@@ -183,7 +196,8 @@ def _run(args, program: ir.Program) -> int:
 
 def _lines(program: ir.Program) -> dict[str, tuple[int, str]]:
     """Generated method -> (.blo line, what it is)."""
-    lines = {"upper_objective": (program.upper.objective.line, "the upper objective"),
+    lines = {"hypergradient": (program.hypergradient.line, "the pipeline"),
+             "upper_objective": (program.upper.objective.line, "the upper objective"),
              "lower_objective": (program.lower.objective.line, "the lower objective")}
     lines.update({f"metric_{m.name}": (m.line, f"metric {m.name}") for m in program.run.metrics})
     return lines

@@ -182,7 +182,7 @@ class Objective(Node):
 
 class Start(Node):
     """How the lower level starts each outer step."""
-    mode: Literal["warm", "reinit", "from"]
+    mode: Literal["warm", "reinit", "from", "learned"]   # learned: DI's, set by the pipeline
     source: str | None = None  # the upper model or variable, for mode "from"
     line: int | None = None
 

@@ -49,8 +49,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def run(program: ir.Program, *, outer_steps: int | None, device: str | None, dtype: str | None,
-        seed: int | None, compile: bool, out: Path | None, as_json: bool, baseline: bool) -> dict:
+def run(program: ir.Program, *, compile: bool, out: Path | None, as_json: bool, baseline: bool) -> dict:
+    """Trains the checked program as its run block says (command-line settings are part of it)."""
     import torch
     from tqdm import tqdm
 
@@ -59,8 +59,8 @@ def run(program: ir.Program, *, outer_steps: int | None, device: str | None, dty
     code = generate(program)
     module = load_module(code, program)
     started = time.perf_counter()
-    pipeline = module.build(device=device, dtype=dtype, compile=compile, seed=seed)
-    total = program.run.outer_steps if outer_steps is None else outer_steps
+    pipeline = module.build(compile=compile)
+    total = program.run.outer_steps
     say(f"{name}: {program.hypergradient.text}, {total} outer steps of {program.lower.steps} inner steps "
         f"on {pipeline.device} ({str(pipeline.dtype).removeprefix('torch.')}"
         f"{', compiled' if compile else ', eager'})")
@@ -84,6 +84,8 @@ def run(program: ir.Program, *, outer_steps: int | None, device: str | None, dty
                           file=sys.stderr if as_json else sys.stdout)
 
         final = pipeline.run(total, callback=on_step)
+    # the final state's upper objective, measured as the baseline's is (a step's value is on its own batch)
+    final["upper_objective"] = pipeline.upper_objective()
     finished = time.perf_counter()
     compared = pipeline.compare() if baseline else None
     torch.save(pipeline.state_dict(), folder / "state.pt")

@@ -107,7 +107,7 @@ def test_check_prints_warnings_and_succeeds(tmp_path):
 
 def test_an_unknown_device_is_a_command_line_error(in_root):
     status, _, err = run_cli("run", "programs/hyper_cleaning.blo", "--device", "bogus")
-    assert status == 2 and "unknown device 'bogus'" in err
+    assert status == 2 and "device must be auto, cpu, cuda or cuda:N, not 'bogus'" in err
 
 
 def test_compile_emits_the_plan(in_root, tmp_path):

@@ -41,14 +41,16 @@ def reference_step(q, x, y, v, k, *, gda, exact, v_lr=0.3, tau=0.2, mu0=0.6, p=3
     return lr, direction, y - BETA * grad_phi, v - size * r
 
 
-VARIANTS = [("DM(v_lr=0.3, tau=0.2) -> RAD", False, False),
-            ("DM(v_lr=0.3, tau=0.2) -> CG", False, True),
-            ("GDA -> DM(v_lr=0.3, tau=0.2, mu0=0.6, p=3, strategy=s2) -> RAD", True, False),
-            ("GDA -> DM(v_lr=0.3, tau=0.2, mu0=0.6, p=3, strategy=s2) -> CG", True, True)]
+VARIANTS = [("DM(v_lr=0.3, tau=0.2) -> RAD", False, False, None),
+            ("DM(tau=0.2) -> CG", False, True, None),
+            ("GDA -> DM(v_lr=0.3, tau=0.2, mu0=0.6, p=3, strategy=s1) -> RAD", True, False, 7),
+            ("GDA -> DM(v_lr=0.3, tau=0.2, mu0=0.6, p=3, strategy=s2) -> RAD", True, False, 5),
+            ("GDA -> DM(tau=0.2, mu0=0.6, p=3, strategy=s2) -> CG", True, True, 5),
+            ("GDA -> DM(tau=0.2, mu0=0.6, p=3, strategy=s3) -> CG", True, True, 3)]
 
 
-@pytest.mark.parametrize("pipeline, gda, exact", VARIANTS, ids=[v[0] for v in VARIANTS])
-def test_three_outer_steps_follow_the_definition(pipeline, gda, exact):
+@pytest.mark.parametrize("pipeline, gda, exact, power", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_three_outer_steps_follow_the_definition(pipeline, gda, exact, power):
     """From v = 0: the first direction is dF/dx and v_1 is a step along y - c; then the schedules
     (the upper lr's decay, GDA's mu_k) and the v steps of the next two outer steps."""
     q = quad()
@@ -56,7 +58,7 @@ def test_three_outer_steps_follow_the_definition(pipeline, gda, exact):
     built = build(dm_program(pipeline), quad=q, x=x, y=y)
     v = torch.zeros(N, dtype=D)
     for k in range(3):
-        lr, direction, y_next, v_next = reference_step(q, x, y, v, k, gda=gda, exact=exact)
+        lr, direction, y_next, v_next = reference_step(q, x, y, v, k, gda=gda, exact=exact, power=power)
         if k == 0:     # the reference's first step is the documented one
             e, mu = y - q["c"], 0.6 if gda else 0.0
             H = mu * torch.eye(N, dtype=D) + (1 - mu) * q["A"]

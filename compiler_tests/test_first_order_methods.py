@@ -134,15 +134,16 @@ def test_meso_theta_fixed_point_direction_and_lower_step():
         assert_close(built.state_dict()["method"]["theta"]["y"], theta)
 
 
-@pytest.mark.parametrize("penalty", ["difference", "gradient"])
-def test_pgdo_direction_at_the_lower_solution(penalty):
+@pytest.mark.parametrize("penalty, rising", [("difference", 10), ("gradient", 10), ("difference", 1)])
+def test_pgdo_direction_at_the_lower_solution(penalty, rising):
     """PGDO with y_hat = y* (its descent then stays there): the difference penalty gives
     l (dF/dx + gamma (df/dx(x, y) + B'y*)); the gradient penalty |df/dy|^2 / 2 is differentiated
     through df/dy: l (dF/dx - gamma B'(Ay - Bx - b)) for x, l (dF/dy + gamma A (Ay - Bx - b)) for
-    y. gamma_k rises from gamma_init (two outer steps), l = min(1 / gamma_k, 1)."""
+    y. gamma_k rises from gamma_init over `rising` outer steps and then stays at gamma_max (three
+    outer steps), l = min(1 / gamma_k, 1)."""
     q, (x, y) = quad(), start()
     p = Quadratic(q)
-    built = build(quad_program(f"PGDO(y_hat_lr=0.1, gamma_init=2, gamma_max=4, gamma_argmax_step=10, "
+    built = build(quad_program(f"PGDO(y_hat_lr=0.1, gamma_init=2, gamma_max=4, gamma_argmax_step={rising}, "
                                f"penalty={penalty})"), quad=q, x=x, y=y)
     y_star = torch.linalg.solve(q["A"], q["B"] @ x + q["b"])
     state = built.state_dict()
@@ -150,8 +151,8 @@ def test_pgdo_direction_at_the_lower_solution(penalty):
     built.load_state_dict(state)
 
     y_hat = y_star
-    for k in range(2):
-        gamma = 2 + k * (4 - 2) / 10
+    for k in range(3):
+        gamma = 2 + min(k / rising, 1) * (4 - 2)
         scale = min(1 / gamma, 1.0)
         y_hat = p.descend(x, y_hat, 0.1, STEPS)
         if penalty == "difference":
@@ -287,3 +288,19 @@ def test_compiled_float32_agrees_with_eager(pipeline, shape):
     assert compiled["upper"]["x"].dtype == torch.float32
     for part in ("upper", "lower", "method"):
         torch.testing.assert_close(compiled[part], eager[part], rtol=1e-5, atol=1e-6)
+
+
+def test_vso_leaving_its_barrier_is_a_located_run_error(tmp_path):
+    """With eps tiny and no regulariser, phi + eps - f(x, y) is negative from the start: the run
+    stops with exit 1 and a message at the pipeline's line naming eps, not a traceback."""
+    from conftest import run_cli
+    from helpers import program
+
+    path = tmp_path / "vso.blo"
+    path.write_text(program(hypergradient="hypergradient = VSO(eps=1e-6, reg_decay=False, ll_l2_reg=0)"))
+    status, _, err = run_cli("run", str(path), "--no-compile", "--no-baseline", "--outer-steps", "2",
+                             "--out", str(tmp_path / "run"))
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("hypergradient"))
+    assert status == 1 and "Traceback" not in err
+    assert f"{path}:{line}: error: VSO's log barrier left its domain at outer step 1" in err
+    assert "raise VSO's eps (now 1e-06)" in err

@@ -40,7 +40,7 @@ def test_canonical_text_fills_parameters():
 
 def test_di_restarts_from_its_learned_value():
     lower = check_text(program(hypergradient="hypergradient = DI -> RAD")).program.lower
-    assert lower.start.mode == "reinit"
+    assert lower.start.mode == "learned"
     assert check_text(BASE).program.lower.start.mode == "warm"
 
 

@@ -66,7 +66,12 @@ REJECTED = [
     ("DI before an implicit terminal", program(hypergradient="hypergradient = DI -> IGA"),
      "DI learns the start through the inner trajectory, but IGA"),
     ("implicit terminal with no upper variable in the lower objective",
-     program(META, hypergradient="hypergradient = IAD -> CG(k=5)"), "the hypergradient would be zero"),
+     program(META, hypergradient="hypergradient = IAD -> CG(k=5)"), "does not read meta, which the lower level starts from"),
+    ("implicit MAML whose lower objective reads another upper variable but not the start",
+     program(META.replace("model meta = MLP(1, [8], 1)", "model meta = MLP(1, [8], 1)\n    var lam = -3.0"),
+             hypergradient="hypergradient = IAD -> CG(k=5)",
+             objective="objective = mse(learner(tasks.support_x), tasks.support_y) + exp(lam) * sqnorm(learner)"),
+     "does not read meta, which the lower level starts from"),
     ("FD when the lower objective ignores the upper level",
      program(BASE, hypergradient="hypergradient = FD", objective="objective = cross_entropy(net(train.x), train.y)"),
      "this lower objective uses none"),
@@ -94,8 +99,8 @@ REJECTED = [
     ("DI with an explicit reinit start", program(hypergradient="hypergradient = DI -> RAD", after_steps="start = reinit"),
      "DI learns the lower level's initial value; each outer step starts from it, not from a reinitialisation"),
     ("RGT before IAD with no other path from the upper level", program(META, hypergradient="hypergradient = RGT(truncate=2) -> IAD"),
-     "RGT cuts the differentiated trajectory off from the lower level's start, and the lower objective reads no "
-     "upper variable"),
+     "RGT cuts the differentiated trajectory off from the lower level's start, and the lower objective does not "
+     "read meta"),
     ("FD after IAD", program(META, hypergradient="hypergradient = IAD -> FD",
                              objective="objective = mse(learner(tasks.support_x), tasks.support_y) + sqdist(learner, meta)"),
      "FD and IAD cannot be combined: FD differentiates at the final lower solution only"),
@@ -116,7 +121,35 @@ REJECTED = [
     ("IAD without start", program(META, start=None), "IAD learns the lower level's initial value"),
     ("start from without IAD", program(META, hypergradient="hypergradient = RAD"),
      "the lower level starts from an upper-level model, which only IAD or GAFFO learns"),
-    ("ALTO with zero gradient", program(hypergradient="hypergradient = ALTO"), "ALTO's hypergradient"),
+    ("ALTO with zero gradient", program(hypergradient="hypergradient = ALTO"),
+     "ALTO gives upper-level 'w' only the direct gradient of the upper objective, which does not read it"),
+    ("ALTO with a variable only the lower objective reads",
+     program(BASE.replace("var w = zeros(train.n)", "var w = zeros(train.n)\n    var shift = 0.0")
+             .replace("objective = cross_entropy(net(val.x), val.y)",
+                      "objective = cross_entropy(net(val.x), val.y) + 1e-3 * sum(w ** 2)")
+             .replace("cross_entropy(net(train.x), train.y", "cross_entropy(net(train.x) + shift, train.y"),
+             hypergradient="hypergradient = ALTO", steps="steps = 1"),
+     "ALTO gives upper-level 'shift' only the direct gradient"),
+    ("FOA with RGT", program(META, hypergradient="hypergradient = FOA -> RGT(truncate=2) -> IAD"),
+     "FOA and RGT cannot be combined"),
+    ("DM with RGT", program(steps="steps = 1", hypergradient="hypergradient = DM -> RGT(truncate=1) -> RAD"),
+     "DM and RGT cannot be combined"),
+    ("DM with PTT", program(steps="steps = 1", hypergradient="hypergradient = DM -> PTT -> RAD"),
+     "DM and PTT cannot be combined"),
+    ("DM with DI", program(steps="steps = 1", hypergradient="hypergradient = DI -> DM -> RAD"),
+     "DM and DI cannot be combined"),
+    ("a reinit start beside a method that keeps the lower level",
+     program(steps="steps = 1", hypergradient="hypergradient = MESO", after_steps="start = reinit"),
+     "MESO moves the lower level on from where it stands"),
+    ("PGDO's penalty schedule falling", program(hypergradient="hypergradient = PGDO(gamma_init=1, gamma_max=0.1)"),
+     "PGDO's gamma_init (1) is above its gamma_max (0.1)"),
+    ("task batches read by the upper objective only",
+     program(BASE.replace("train, val, test = digits(split=[0.5, 0.2, 0.3], label_noise=0.4)",
+                          "train, val, test = digits(split=[0.5, 0.2, 0.3], label_noise=0.4)\n"
+                          "    tasks = sinusoid(tasks=4, shots=5, queries=5)"),
+             ).replace("objective = cross_entropy(net(val.x), val.y)",
+                       "objective = cross_entropy(net(val.x), val.y) + 0.1 * mean(tasks.query_y ** 2)"),
+     "few-shot task batches are learned by meta-learning pipelines"),
     ("GAFFO on different structures", program(hypergradient="hypergradient = GAFFO", after_steps="start = from(w)"),
      "GAFFO needs upper and lower variables of identical structure"),
     ("GAFFO without start", program(hypergradient="hypergradient = GAFFO"),
@@ -202,6 +235,8 @@ def test_first_order_module_lists_each_rule_once_per_violation():
     assert sorted(errors) == sorted([
         "FD and RGT cannot be combined: FD differentiates at the final lower solution only; "
         "there is no back-propagated trajectory for RGT to truncate",
+        "FOA and RGT cannot be combined: FOA takes dy_T/dy_0 as the identity; there is no differentiated "
+        "trajectory for RGT to truncate",
         "FOA needs IAD in the pipeline: without IAD the first-order hypergradient is identically zero",
     ])
 

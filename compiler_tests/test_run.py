@@ -57,7 +57,8 @@ def test_default_run_folders_are_numbered(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (("--outer-steps", "0"), "--outer-steps must be at least 1"),
+    (("--outer-steps", "0"), "outer_steps must be an integer >= 1, not '0'"),
+    (("--seed", "-3"), "seed must be an integer >= 0, not '-3'"),
 ])
 def test_bad_command_lines_exit_2(in_root, argv, message):
     status, _, err = run_cli("run", "programs/hyper_cleaning.blo", "--no-compile", *argv)

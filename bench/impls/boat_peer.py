@@ -7,11 +7,11 @@ objectives are plain functions `loss(feed_dict, upper_model, lower_model, **kwar
 that BOAT loads by dotted name from a loss config; `Problem.run_iter` then runs the
 inner loop (through `higher`), the hypergradient and the upper optimiser's step.
 
-Where BOAT's operation differs from blodsl's definition (README) we keep BOAT's behaviour:
+Where BOAT's operation differs from blodsl's definition (the README's) we keep BOAT's behaviour:
   - FD: BOAT takes the finite difference of grad_x f around the lower model's own
     weights, i.e. the inner loop's start y_0 (as DARTS does for its one-step unroll),
     not around y_T; v = grad_y F is taken at y_T. On hyper_cleaning (T = 5, first outer
-    step) this differs from blodsl's definition (README)'s FD at y_T by about 5% (relative norm); it
+    step) this differs from blodsl's FD at y_T by about 5% (relative norm); it
     matches the same formula evaluated at y_0 to 1e-5.
   - NS: BOAT's NS has no parameters of its own: it reads k and tol from the CG entry
     of the config and alpha from the inner optimiser's lr, which are ours (k=10, lr).

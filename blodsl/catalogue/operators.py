@@ -40,6 +40,9 @@ class Operator:
     excludes: dict[str, str] = field(default_factory=dict)   # other operator -> why the two cannot be combined
     requires: tuple[frozenset[str], str] | None = None       # (one of these operators, why)
     overrides: dict[str, str] = field(default_factory=dict)  # other operator -> why its parameters have no effect
+    needs_for: dict[str, str] = field(default_factory=dict)  # own parameter -> the operator without which it has
+                                                             # no effect
+    ordered: tuple[tuple[str, str], ...] = ()                # (low, high): parameters whose values must not cross
     # --- what it differentiates, checked against the program (semantics/rules.py)
     differentiates: str | None = None        # "trajectory": back through the inner steps; "solution": at the lower
                                              # solution only, through the lower objective's dependence on x
@@ -48,7 +51,9 @@ class Operator:
     learns_start: bool = False      # the upper variable is the lower level's start: `start = from(x)`, identical structures
     restarts_lower: bool = False    # each outer step starts the lower level from the value it learns
     cuts_start: bool = False        # the differentiated trajectory no longer reaches the lower level's start
-    direct_only: bool = False       # its direction is only the direct gradient of the upper objective
+    direct_only: bool = False       # the upper variables (but a learned start) get only the direct gradient of
+                                    # the upper objective, so each must be read by it
+    keeps_lower: bool = False       # it moves the lower level (and its own variables) on from where it stands
     task_batches: bool = False      # it learns from few-shot task batches
     # --- what it takes from the lower level's steps and optimiser
     one_inner_step: bool = False    # a single-loop method: the lower level's steps must be 1
@@ -56,6 +61,7 @@ class Operator:
                                                                     # steps (a verb): it stays below the steps
     uses_steps: bool = True         # False: one lower step per outer step, whatever `steps` says
     inner_optimizer: str = "steps"  # "steps": the declared inner optimiser's steps; "lr": plain gradient steps at its lr
+    optimizer_steps: str = "steps"  # the setting or own parameter that counts the inner optimiser's steps per outer step
 
     @property
     def whole_pipeline(self) -> bool:
@@ -98,16 +104,20 @@ CATALOGUE: tuple[Operator, ...] = (
                              "to learn",
                        "PTT": "DM takes one lower step per outer step; there is no trajectory for PTT to pick a "
                               "step from",
-                       "IAD": "DM keeps the lower level between outer steps; it does not start from the upper one"},
+                       "IAD": "DM keeps the lower level between outer steps; it does not start from the upper one",
+                       "RGT": "DM takes one lower step per outer step; there is no trajectory for RGT to truncate"},
              overrides={"GDA": "DM mixes F into the lower objective by its own schedule, mu0 (k+1)^(-1/p)",
                         "RAD": "with DM, RAD only says that DM's multiplier moves by the fixed step v_lr",
                         "CG": "with DM, CG only says that DM's multiplier moves by the exact line-search step"},
-             one_inner_step=True, inner_optimizer="lr"),
+             needs_for={"mu0": "GDA", "p": "GDA", "strategy": "GDA", "v_lr": "RAD"},
+             one_inner_step=True, inner_optimizer="lr", keeps_lower=True),
     Operator("PTT", TRAJECTORY_MODIFIER, 3, "differentiates at the step of largest upper loss",
              needs_successor=True),
     Operator("FOA", TRAJECTORY_MODIFIER, 4, "first-order approximation (dy_T/dy_0 = I)",
              needs_successor=True,
              requires=(frozenset({"IAD"}), "without IAD the first-order hypergradient is identically zero"),
+             excludes={"RGT": "FOA takes dy_T/dy_0 as the identity; there is no differentiated trajectory for RGT "
+                              "to truncate"},
              through_trajectory="approximates the derivative through the inner trajectory"),
     Operator("RGT", TRAJECTORY_MODIFIER, 5, "back-propagates through the last steps only",
              (positive("truncate", REQUIRED, type=int),), needs_successor=True,
@@ -133,23 +143,24 @@ CATALOGUE: tuple[Operator, ...] = (
     Operator("VSO", FIRST_ORDER, None, "value-function sequential minimisation (BVFSM)",
              (count("z_loop", 5), positive("z_lr", 0.01), nonnegative("ll_l2_reg", 0.1),
               nonnegative("ul_l2_reg", 0.01), nonnegative("ul_ln_reg", 10.0), flag("reg_decay", True),
-              positive("eps", AtRunTime("the number of lower-level parameters"), quiet=True))),
+              positive("eps", AtRunTime("the number of lower-level parameters"), quiet=True)),
+             keeps_lower=True, optimizer_steps="z_loop"),
     Operator("VFO", FIRST_ORDER, None, "value-function first-order method (BOME)",
              (positive("u1", 0.1), positive("y_hat_lr", 0.01), count("y_hat_steps", FromProgram("steps"))),
-             inner_optimizer="lr"),
+             inner_optimizer="lr", keeps_lower=True),
     Operator("MESO", FIRST_ORDER, None, "Moreau-envelope single-loop method",
              (positive("eta", 0.001), positive("gamma_1", 0.01), positive("c0", 0.2)),
-             uses_steps=False, inner_optimizer="lr"),
+             uses_steps=False, inner_optimizer="lr", keeps_lower=True),
     Operator("PGDO", FIRST_ORDER, None, "penalty-based bilevel gradient descent",
              (positive("y_hat_lr", 0.01), nonnegative("gamma_init", 0.0), nonnegative("gamma_max", 0.2),
               count("gamma_argmax_step", 30000),
               choice("penalty", "difference", "gradient", default="difference")),
-             inner_optimizer="lr"),
+             ordered=(("gamma_init", "gamma_max"),), inner_optimizer="lr", keeps_lower=True),
     Operator("ALTO", FIRST_ORDER, None, "one lower step, then the direct upper gradient only",
-             direct_only=True, uses_steps=False, inner_optimizer="lr"),
+             direct_only=True, uses_steps=False, inner_optimizer="lr", keeps_lower=True),
     Operator("GAFFO", FIRST_ORDER, None, "regularised gap function, from the upper variables each outer step",
              (positive("lambda", 1.0), positive("sigma", 0.01), positive("lower_step", FromProgram("inner_lr"))),
-             learns_start=True, task_batches=True, uses_steps=False, inner_optimizer="lr"),
+             learns_start=True, direct_only=True, task_batches=True, uses_steps=False, inner_optimizer="lr"),
 )
 
 BY_NAME: dict[str, Operator] = {op.name: op for op in CATALOGUE}

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch.func import vmap
 
-from . import trees
+from . import inner, trees
 from .data import DataError, TaskSource
 from .kernels import Objectives, compile_kernels
 from .operators import Batch, Context, Plan
@@ -90,10 +90,10 @@ class Pipeline:
         self.kernels = compile_kernels(self.method.kernels(self.objectives), self.task_dims, compile)
         self.outer_optimizer = self._optimizer(upper.optimizer, trees.leaves(self.x))
         self.start = None
-        if plan.learned_start is not None:       # DI learns the lower level's starting point
+        if plan.learned_start_lr is not None:       # DI learns the lower level's starting point
             self.start = trees.clone(self.y)
             name, args = upper.optimizer
-            self.start_optimizer = self._optimizer((name, {**args, "lr": plan.learned_start}),
+            self.start_optimizer = self._optimizer((name, {**args, "lr": plan.learned_start_lr}),
                                                    trees.leaves(self.start))
         self.state = self.method.init_state(self.y)
         self.steps_done = 0
@@ -182,8 +182,7 @@ class Pipeline:
 
     def _context(self) -> Context:
         return Context(self.kernels, self.inner, Batch(self.tasks), seed=self._step_seed(),
-                       lower_size=sum(t[0].numel() if self.tasks and t.dim() else t.numel()
-                                      for t in trees.leaves(self.y)))
+                       lower_size=sum(t.numel() for t in trees.leaves(self.initial_lower)))
 
     def _outcome(self, ctx: Context, d):
         out = self.method.outcome(ctx, self.x, self._start_point(self.x, self.tasks), self.state, d, self.steps_done)
@@ -249,18 +248,23 @@ class Pipeline:
         tasks = [n for n in lower_data if isinstance(self.sources[rebind.get(n, n)], TaskSource)]
         batch = len(next(iter(data[tasks[0]].values()))) if tasks else None
         dims = {n: {f: 0 if n in tasks else None for f in data[n]} for n in lower_data}
-        k = self._training_kernels(1, dims if batch else None, compile=False)
+        kernels, optimizer, steps = self._lower_training(1, dims if batch else None, compile=False)
         if self.lower_decl.start != "warm":
             y = self._start_point(x, batch)
-        return inner_loop(k, self.inner, x, y, {n: data[n] for n in lower_data}, self.lower_decl.steps, 1, batch)
+        return inner_loop(kernels, optimizer, x, y, {n: data[n] for n in lower_data}, steps, 1, batch)
 
-    def _training_kernels(self, chunk: int, task_dims=None, compile: bool = False):
-        """The lower optimiser's plain inner loop, for baselines and re-adapting metrics. The
-        pipeline's own chunk kernel serves when it has one (GDA's mixing is off at a = 0)."""
-        if chunk == self.plan.chunk and task_dims is self.task_dims and hasattr(self.kernels, "chunk"):
-            return self.kernels
-        plan = Plan(steps=self.lower_decl.steps, chunk=chunk)
-        return compile_kernels(trajectory_kernels(self.objectives, plan, reverse=False), task_dims, compile)
+    def _lower_training(self, chunk: int, task_dims=None, compile: bool = False):
+        """(kernels, optimiser, steps per outer step): the lower level trained with the upper one held
+        still, as the method moves it, for baselines and re-adapting metrics. The pipeline's own chunk
+        kernel serves when it has one (GDA's mixing is off at a = 0)."""
+        steps, lr = self.method.adaptation(self.plan)
+        chunk = min(chunk, steps)
+        if lr is None and chunk == self.plan.chunk and task_dims is self.task_dims and hasattr(self.kernels, "chunk"):
+            return self.kernels, self.inner, steps
+        optimizer = self.inner if lr is None else inner.SGD(lr=lr)
+        lib = Objectives(self.problem.lower_objective, self.problem.upper_objective, optimizer)
+        kernels = trajectory_kernels(lib, Plan(steps=steps, chunk=chunk), reverse=False)
+        return compile_kernels(kernels, task_dims, compile), optimizer, steps
 
     @contextlib.contextmanager
     def _sizes_rebound(self, rebind: dict[str, str]):
@@ -307,15 +311,20 @@ class Pipeline:
         if self.lower_decl.start != "from":
             # as many inner loops as the run made (or will make)
             rounds = (self.steps_done or self.problem.outer_steps) if self.lower_decl.start == "warm" else 1
-            kernels = self._training_kernels(self.plan.chunk, self.task_dims, self.compile)
+            kernels, optimizer, steps = self._lower_training(self.plan.chunk, self.task_dims, self.compile)
             for r in range(rounds):
-                y = inner_loop(kernels, self.inner, x, y, self._data(self.problem.data_used, r),
-                               self.lower_decl.steps, self.plan.chunk)
+                y = inner_loop(kernels, optimizer, x, y, self._data(self.problem.data_used, r), steps,
+                               min(self.plan.chunk, steps))
         y = trees.detach(y)
-        metrics = self.evaluate(upper=x, lower=y)
+        return {**self.evaluate(upper=x, lower=y), "upper_objective": self.upper_objective(x, y)}
+
+    def upper_objective(self, upper: dict | None = None, lower: dict | None = None) -> float:
+        """The upper objective at the current state (or at the given variables), measured as a
+        baseline's is: on the first batch of a task source, after adapting where the lower level
+        starts from the upper one. A training step's value is taken on that step's batch instead."""
         whole = MetricSpec(datasets=tuple(self.problem.data_used))
-        metrics["upper_objective"] = _plain(self._measure(self.problem.upper_objective, x, y, whole))
-        return metrics
+        return _plain(self._measure(self.problem.upper_objective, self.x if upper is None else upper,
+                                    self.y if lower is None else lower, whole))
 
     # --- saving and restoring ----------------------------------------------------------------
 
@@ -338,9 +347,9 @@ class Pipeline:
             for name, t in self.upper.items():   # in place: the outer optimiser holds these tensors
                 t.copy_(state["upper"][name])
         # the lower level may carry a task dimension after a step: take it as saved
-        self.y = trees.by_name(self.y, {k: v.to(self.device) for k, v in state["lower"].items()})
+        self.y = trees.by_name(self.y, {k: v.to(self.device, self.dtype) for k, v in state["lower"].items()})
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
-        self.state = trees.tree_map(lambda t: t.to(self.device), state.get("method", {}))
+        self.state = trees.tree_map(lambda t: t.to(self.device, self.dtype), state.get("method", {}))
         if self.start is not None and "start" in state:
             with torch.no_grad():
                 for name, t in trees.flat_names(self.start).items():

@@ -76,7 +76,7 @@ class Level:
     models: dict[str, nn.Module]
     optimizer: Any                   # upper: (torch.optim name, kwargs); lower: an inner optimiser
     steps: int = 0
-    start: str = "warm"              # warm, reinit or from
+    start: str = "warm"              # warm, reinit, from, or learned (DI's)
     start_from: str | None = None    # the upper name the lower level starts from
 
 

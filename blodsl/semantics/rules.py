@@ -62,7 +62,7 @@ def check_program(scope: Scope, program: Facts) -> ir.LevelDecl:
     for rule in RULES:
         rule(scope, program)
     if program.having("restarts_lower"):
-        return program.lower.model_copy(update={"start": ir.Start(mode="reinit", line=program.lower.start.line)})
+        return program.lower.model_copy(update={"start": ir.Start(mode="learned", line=program.lower.start.line)})
     return program.lower
 
 
@@ -92,11 +92,14 @@ def upper_variables_used(scope: Scope, p: Facts):
 
 
 def direct_only(scope: Scope, p: Facts):
+    """Upper variables that get only the direct gradient of the upper objective must be read by it."""
     for w in p.having("direct_only"):
-        if not p.reads(p.upper_reads, "upper"):
-            scope.error(f"{w.op.name}'s hypergradient is only the direct gradient of the upper objective, which does "
-                        "not depend on the upper variables here: it would be identically zero", w.span,
-                        fix="use a pipeline that differentiates through the lower level, e.g. RAD or CG")
+        for decl in p.upper.variables + p.upper.models:
+            if decl.name != p.start_from and ("upper", decl.name) not in p.upper_reads:
+                scope.error(f"{w.op.name} gives upper-level '{decl.name}' only the direct gradient of the upper "
+                            "objective, which does not read it: its hypergradient would be identically zero", w.span,
+                            notes=[(scope.symbols[decl.name].span, f"{decl.name} is declared here")],
+                            fix="use a pipeline that differentiates through the lower level, e.g. RAD or CG")
 
 
 # --- how the lower level starts ------------------------------------------------------------
@@ -141,6 +144,16 @@ def restarted_lower(scope: Scope, p: Facts):
             mode = p.lower.start.mode
             scope.error(f"{w.op.name} learns the lower level's initial value; {_RESTART_OVERRIDES[mode]}",
                         written.value.span, fix=f"remove `start = {mode}` ({w.op.name} starts from its learned value)")
+
+
+def kept_lower(scope: Scope, p: Facts):
+    """A method that moves the lower level on from where it stands cannot restart it every outer step."""
+    written = p.setting("lower", "start")
+    for w in p.having("keeps_lower"):
+        if written is not None and p.lower.start.mode == "reinit":
+            scope.error(f"{w.op.name} moves the lower level on from where it stands each outer step (with any "
+                        "variables of its own): `start = reinit` would throw that away", written.value.span,
+                        fix="remove `start = reinit`")
 
 
 # --- the lower level's steps -------------------------------------------------------------------
@@ -191,34 +204,38 @@ def cut_start(scope: Scope, p: Facts):
             scope.error(f"{what}, so the start {w.op.name} learns would never move", cut.span,
                         notes=[(w.span, f"{w.op.name} is here")], fix=f"remove {cut.op.name} or {w.op.name}")
         for w in p.having("learns_start"):
-            if not p.reads(p.lower_reads, "upper"):
-                scope.error(f"{what}, and the lower objective reads no upper variable: the start is the only path from "
-                            "the upper level to the lower solution, so the hypergradient would be identically zero",
+            if ("upper", p.start_from) not in p.lower_reads:
+                scope.error(f"{what}, and the lower objective does not read {p.start_from}: the start is its only path "
+                            "to the lower solution, so its hypergradient would be identically zero",
                             cut.span, notes=[(w.span, f"{w.op.name} is here")],
                             fix=f"remove {cut.op.name}, or use the upper variables in the lower objective, e.g. "
                                 f"`+ 0.5 * sqdist({(p.lower.variables + p.lower.models)[0].name}, {p.start_from})`")
 
 
 def solution_needs_upper_in_lower(scope: Scope, p: Facts):
-    """At the lower solution, x acts only through the lower objective."""
+    """At the lower solution, x acts only through the lower objective: a learned start must be read
+    by it (implicit MAML), and otherwise some upper variable must."""
     terminal = p.solution_terminal
-    if terminal is None or p.reads(p.lower_reads, "upper"):
+    if terminal is None:
         return
-    if p.start_from:
+    why = f"{terminal.op.name} differentiates the lower solution through the lower objective's dependence on the upper "
+    if p.start_from is not None and ("upper", p.start_from) not in p.lower_reads:
         learner = next(op.name for op in rows_with("learns_start") if op.terminal)
-        fix = (f"for implicit MAML, anchor the learner to the meta-model, e.g. `+ 0.5 * sqdist("
-               f"{(p.lower.variables + p.lower.models)[0].name}, {p.start_from})`, or use `hypergradient = {learner}`")
-    else:
+        scope.error(why + f"variables, and this lower objective does not read {p.start_from}, which the lower level "
+                    "starts from: its hypergradient would be zero", terminal.span,
+                    fix=f"for implicit MAML, anchor the learner to the meta-model, e.g. `+ 0.5 * sqdist("
+                        f"{(p.lower.variables + p.lower.models)[0].name}, {p.start_from})`, or use "
+                        f"`hypergradient = {learner}`")
+    elif not p.reads(p.lower_reads, "upper"):
         trajectory = next(op.name for op in rows_with("terminal") if op.differentiates == "trajectory" and op.stage == TERMINAL)
-        fix = f"use the upper variables in the lower objective, or use {trajectory}"
-    scope.error(f"{terminal.op.name} differentiates the lower solution through the lower objective's dependence on "
-                "the upper variables; this lower objective uses none, so the hypergradient would be zero",
-                terminal.span, fix=fix)
+        scope.error(why + "variables; this lower objective uses none, so the hypergradient would be zero",
+                    terminal.span, fix=f"use the upper variables in the lower objective, or use {trajectory}")
 
 
 def task_batches(scope: Scope, p: Facts):
     task_sets = {ds.name for ds in p.datasets if ds.tasks}
-    if task_sets & {name for kind, name in p.lower_reads if kind == "data"} and not p.having("task_batches"):
+    read = {name for kind, name in p.lower_reads | p.upper_reads if kind == "data"}
+    if task_sets & read and not p.having("task_batches"):
         names = [op.name for op in rows_with("task_batches")]
         scope.error(f"few-shot task batches are learned by meta-learning pipelines, with {' or '.join(names)}",
                     p.ops[0].span, fix="use " + " or ".join(f"`hypergradient = {n}`" for n in names))
@@ -259,7 +276,7 @@ def inner_optimizer_unused(scope: Scope, p: Facts):
 def one_step_from_a_fresh_state(scope: Scope, p: Facts):
     """The inner optimiser's state starts at zero every outer step: with one step, momentum (without
     nesterov) and Adam's betas cannot change that step."""
-    if p.lower.steps != 1 or any(w.op.inner_optimizer == "lr" for w in p.ops):
+    if any(w.op.inner_optimizer == "lr" for w in p.ops) or optimizer_steps(p) != 1:
         return
     args = p.lower.optimizer.args
     cannot_matter = {"momentum": not args.get("nesterov"), "betas": p.lower.optimizer.name == "Adam"}
@@ -280,6 +297,35 @@ def parameters_overridden(scope: Scope, p: Facts):
                            fix=f"remove {name}={scope.text_of(span)}")
 
 
+def optimizer_steps(p: Facts) -> int:
+    """How many steps the declared inner optimiser takes per outer step (its state starts afresh each)."""
+    counter = next((w for w in p.ops if w.op.optimizer_steps != "steps"), None)
+    if counter is None:
+        return p.lower.steps
+    name = counter.op.optimizer_steps
+    return counter.args.get(name, counter.op.param(name).default)
+
+
+def parameters_needing(scope: Scope, p: Facts):
+    """A parameter that only matters beside another operator has no effect without it."""
+    present = {w.op.name for w in p.ops}
+    for w in p.ops:
+        for name, other in w.op.needs_for.items():
+            if name in w.arg_spans and other not in present:
+                scope.warn(f"{w.op.name}'s {name} has no effect without {other}", w.arg_spans[name],
+                           fix=f"remove {name}={scope.text_of(w.arg_spans[name])}, or add {other}")
+
+
+def ordered_parameters(scope: Scope, p: Facts):
+    for w in p.ops:
+        for low, high in w.op.ordered:
+            values = {n: w.args.get(n, w.op.param(n).default) for n in (low, high)}
+            if values[low] > values[high]:
+                span = w.arg_spans.get(low) or w.arg_spans.get(high) or w.span
+                scope.error(f"{w.op.name}'s {low} ({values[low]:g}) is above its {high} ({values[high]:g})", span,
+                            fix=f"choose {low} <= {high}")
+
+
 def _keywords(optimizer: ast.Expr) -> list[ast.Keyword]:
     return optimizer.kwargs if isinstance(optimizer, ast.Call) else []
 
@@ -287,7 +333,7 @@ def _keywords(optimizer: ast.Expr) -> list[ast.Keyword]:
 RULES = (lower_objective_reads_lower, upper_objective_reads_lower, upper_variables_used, direct_only,
          learned_start, restarted_lower, one_inner_step, bounded_by_steps, through_trajectory, cut_start,
          solution_needs_upper_in_lower, task_batches, datasets_used, steps_unused, inner_optimizer_unused,
-         one_step_from_a_fresh_state, parameters_overridden)
+         one_step_from_a_fresh_state, parameters_overridden, parameters_needing, ordered_parameters, kept_lower)
 
 
 # --- words ----------------------------------------------------------------------------------------

@@ -21,10 +21,14 @@ from torch.func import grad, vjp
 
 from .. import trees
 from ..kernels import Kernel, Objectives
+from .implicit import ConjugateGradient
 from .method import Context, Method, Outcome, RunError
 from .registry import register
+from .unrolled import Unrolled
 
 STRATEGY_POWER = {"s1": 7, "s2": 5, "s3": 3}
+# what the terminal written after DM says: how v moves
+V_STEP = {Unrolled: "fixed", ConjugateGradient: "exact"}
 
 
 @register("DM")
@@ -47,7 +51,7 @@ class DualMultiplier(Method):
     @classmethod
     def with_terminal(cls, plan, terminal: type, params: dict):
         """The terminal written after DM says how v moves."""
-        step = terminal.dual_step
+        step = V_STEP[terminal]
         note = (f"v moves a fixed step {plan.params['v_lr']:g} along r = H_phi v - dF/dy" if step == "fixed"
                 else "v moves the exact line-search step |r|^2 / <r, H_phi r> along r = H_phi v - dF/dy")
         return plan.with_note(note, params={**plan.params, "v_step": step})
@@ -55,6 +59,10 @@ class DualMultiplier(Method):
     @classmethod
     def state_names(cls, plan) -> tuple[str, ...]:
         return ("v",)
+
+    @classmethod
+    def adaptation(cls, plan) -> tuple[int, float | None]:
+        return 1, plan.inner_lr         # one plain step on f per outer step
 
     def init_state(self, y0) -> dict:
         return {"v": trees.zeros_like(y0)}

@@ -17,15 +17,12 @@ from .. import trees
 from ..kernels import Kernel, Objectives, plain_step
 from .method import Context, Method, Outcome, RunError
 from .registry import register
-
-
-def _masks(chunk: int, device) -> list[torch.Tensor]:
-    return [(torch.arange(chunk) < n).to(device) for n in range(chunk + 1)]
+from .trajectory import active_masks
 
 
 def descend(kernel, x, y, s, d, c, steps: int, chunk: int):
     """`steps` steps of a descent kernel (Objectives.descent), a chunk per call."""
-    active = _masks(chunk, trees.leaves(y)[0].device)
+    active = active_masks(chunk, trees.leaves(y)[0].device)
     for t0 in range(0, steps, chunk):
         y, s, _ = kernel(x, y, s, d, c, active[min(chunk, steps - t0)])
     return y, s
@@ -40,14 +37,15 @@ class FirstOrder(Method):
     """Base of the single-level methods."""
 
     @classmethod
-    def describe(cls, plan, params) -> str:
-        return cls.__doc__.strip().splitlines()[0]
-
-    @classmethod
     def state_names(cls, plan) -> tuple[str, ...]:
         return cls.state
 
     state: tuple[str, ...] = ()
+
+    @classmethod
+    def adaptation(cls, plan) -> tuple[int, float | None]:
+        """One plain gradient step at the inner lr per outer step, as the method moves y."""
+        return 1, plan.inner_lr
 
     def init_state(self, y0) -> dict:
         return {name: trees.clone(y0) for name in self.state}
@@ -164,7 +162,7 @@ class PenaltyGradientDescent(FirstOrder):
     @classmethod
     def describe(cls, plan, params) -> str:
         p = params
-        penalty = ("f(x, y) - f(x, y_hat)" if p["penalty"] == "difference"
+        penalty = ("(f(x, y) - f(x, y_hat))" if p["penalty"] == "difference"
                    else "|df/dy(x, y)|^2 / 2 (differentiated through df/dy)")
         return (f"penalty method: y_hat takes {plan.steps} gradient steps at {p['y_hat_lr']:g} on f (kept between "
                 f"outer steps); L = l (F + gamma_k {penalty}), gamma_k rising from {p['gamma_init']:g} to "
@@ -190,7 +188,7 @@ class PenaltyGradientDescent(FirstOrder):
 
     def outcome(self, ctx: Context, x, y, state, d, k) -> Outcome:
         p = self.params
-        gamma = min(p["gamma_max"], p["gamma_init"] + k * (p["gamma_max"] - p["gamma_init"]) / p["gamma_argmax_step"])
+        gamma = p["gamma_init"] + min(k / p["gamma_argmax_step"], 1.0) * (p["gamma_max"] - p["gamma_init"])
         scale = min(1 / gamma, 1.0) if gamma > 0 else 1.0
         y_hat, _ = descend(ctx.kernels.descend, x, state["y_hat"], {}, d, _tensor(0.0, y), self.plan.steps,
                            self.plan.chunk)
@@ -203,6 +201,7 @@ class ValueFunctionSequential(FirstOrder):
     """BVFSM: z tracks the regularised lower solution; y descends F under a log barrier on f"""
 
     state = ("z",)
+    adaptation = Method.adaptation      # the lower optimiser's steps, as z takes them
 
     @classmethod
     def describe(cls, plan, params) -> str:
@@ -212,7 +211,7 @@ class ValueFunctionSequential(FirstOrder):
         return (f"BVFSM: z takes {p['z_loop']} lower-optimiser steps on f + mu |z|^2 (z kept between outer steps), "
                 f"phi = f(x, z) + mu |z|^2; y takes {plan.steps} gradient steps at {p['z_lr']:g} on F - sigma "
                 f"ln(phi + eps - f) + theta |y|^2; x gets dF/dx - sigma (df/dx(z) - df/dx(y)) / (phi + eps - f); "
-                f"mu, theta, sigma = {p['ll_l2_reg']:g}, {p['ul_l2_reg']:g}, {p['ul_ln_reg']:g}{decay}; eps = {eps}")
+                f"(mu, theta, sigma) = ({p['ll_l2_reg']:g}, {p['ul_l2_reg']:g}, {p['ul_ln_reg']:g}){decay}; eps = {eps}")
 
     def kernels(self, lib: Objectives) -> dict[str, Kernel]:
         def regularised(x, z, d, c):            # c = [mu]
@@ -268,6 +267,10 @@ class GapFunctionFirstOrder(FirstOrder):
         return (f"regularised gap function: from y = x, y1 = y - {p['lower_step']:g} df/dy; b = df/dy(y1), "
                 f"p = df/dy(y1 + {p['sigma']:g} b); x gets dF(y1) / {p['lambda']:g} + (p - b), the first-order "
                 f"gradient of F / lambda + sigma/2 |df/dy|^2 at y1")
+
+    @classmethod
+    def adaptation(cls, plan) -> tuple[int, float | None]:
+        return 1, plan.params["lower_step"]
 
     def kernels(self, lib: Objectives) -> dict[str, Kernel]:
         s, sigma, lam = self.params["lower_step"], self.params["sigma"], self.params["lambda"]

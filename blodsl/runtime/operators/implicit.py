@@ -46,8 +46,6 @@ class _SolvedInKernel(Implicit):
 class ConjugateGradient(_SolvedInKernel):
     """implicit function theorem: q = H^-1 dF/dy by conjugate gradient, dF/dx - J^T q"""
 
-    dual_step = "exact"     # under DM, CG takes the exact line-search step for DM's multiplier
-
     def solve(self, hvp, v):
         return conjugate_gradient(hvp, v, self.params["k"], self.params["tol"])
 

@@ -19,7 +19,10 @@ from ..kernels import Kernel, Objectives
 
 class RunError(Exception):
     """A method met a value it cannot go on from (a non-positive curvature, a log of a
-    non-positive number); the message says which and what to change."""
+    non-positive number); the message says which and what to change. It is the pipeline's
+    doing, so it is reported at the `hypergradient = ...` line."""
+
+    where = "hypergradient"
 
 
 @dataclass
@@ -29,7 +32,8 @@ class Outcome:
     upper_loss: torch.Tensor
     lower_loss: torch.Tensor
     state: dict = field(default_factory=dict)   # the method's auxiliary variables after this step
-    start_grad: dict | None = None              # dF/dy0: for DI's learned start, or an upper start (IAD)
+    start_grad: dict | None = None              # for the lower level's start: DI's learned one, or the upper
+                                                # variable it starts from (IAD: dF/dy0; GAFFO: its direction)
 
 
 class Batch:
@@ -102,6 +106,13 @@ class Method:
     def unrolled(cls, plan) -> bool:
         """Whether the reverse sweep goes through the inner trajectory."""
         return False
+
+    @classmethod
+    def adaptation(cls, plan) -> tuple[int, float | None]:
+        """How the lower level trains with the upper one held still (baselines, metrics that train
+        it again): (steps per outer step, the lr of plain gradient steps, or None for the lower
+        optimiser's own steps)."""
+        return plan.steps, None
 
     @classmethod
     def keeps(cls, plan) -> str:

@@ -39,7 +39,7 @@ class Plan:
     core: type | None = None                 # a dynamics core that owns it whatever the terminal (DM)
     params: dict = field(default_factory=dict)   # its parameters
     gda: tuple[float, float] | None = None   # (alpha, alpha_decay): inner steps descend a_t F + (1 - a_t) f
-    learned_start: float | None = None       # DI: the lower level's start is learned at this lr
+    learned_start_lr: float | None = None    # DI: the lower level's start is learned, at this lr
     ptt: bool = False                        # differentiate at each task's worst step
     foa: bool = False                        # dy_T/dy_0 taken as the identity
     truncate: int = 0                        # steps run without a graph before the differentiated part

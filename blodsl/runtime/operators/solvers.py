@@ -58,7 +58,7 @@ def nystrom(hvp, v, rank: int, rho: float, generator: torch.Generator | None = N
     # Woodbury: (C W^+ C^T + rho I)^-1 = (I - C (rho W + C^T C)^-1 C^T) / rho
     ct = c.transpose(-1, -2)
     inner = rho * w + ct @ c
-    solved = torch.linalg.lstsq(inner, (ct @ flat_v.unsqueeze(-1))).solution
+    solved = torch.linalg.solve(inner, ct @ flat_v.unsqueeze(-1))   # symmetric positive definite: deterministic
     return _unflat((flat_v - (c @ solved).squeeze(-1)) / rho, v, tasks)
 
 

@@ -46,7 +46,7 @@ def aggregated_descent(plan: Plan, params: dict) -> Plan:
 @register("DI")
 def learned_start(plan: Plan, params: dict) -> Plan:
     return plan.with_note(f"the lower level's start is learned too, by the upper optimiser's type at "
-                          f"lr={params['lr']:g}", learned_start=params["lr"])
+                          f"lr={params['lr']:g}", learned_start_lr=params["lr"])
 
 
 @register("PTT")
@@ -136,7 +136,13 @@ def _schedule(steps: int, c: int, gda, dtype, device):
     t = torch.arange(steps + c, dtype=dtype)
     alpha = (gda[0] * gda[1] ** t if gda else torch.zeros_like(t)).to(device)
     starts = {t0: alpha[t0:t0 + c].clone() for t0 in range(steps)}
-    return starts, [(torch.arange(c) < n).to(device) for n in range(c + 1)]
+    return starts, active_masks(c, device)
+
+
+@functools.lru_cache(maxsize=64)
+def active_masks(c: int, device) -> list[torch.Tensor]:
+    """Which of a chunk's c steps run, for chunks of n = 0..c steps."""
+    return [(torch.arange(c) < n).to(device) for n in range(c + 1)]
 
 
 def initial_state(optimizer, y0, tasks: int | None):

@@ -21,8 +21,6 @@ class Unrolled(Trajectory):
 
     reverse = True
 
-    dual_step = "fixed"     # under DM, RAD takes a fixed step for DM's multiplier
-
     @classmethod
     def lower(cls, plan, params):
         if plan.core is not None:
