@@ -8,6 +8,7 @@ to set, or --set values that make a valid program invalid), 3 internal error.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -46,7 +47,12 @@ def _arguments() -> argparse.ArgumentParser:
                                "the pipeline lowers to; py: the generated Python module (the default with -o)")
     compile_.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of printing")
     run = commands.add_parser("run", help="train a program and report its metrics", parents=[settings])
-    run.add_argument("file", metavar="FILE")
+    run.add_argument("file", metavar="FILE", nargs="?", help="the program (with --resume: the run's own by default)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    run.add_argument("--checkpoint-every", type=_run_setting("checkpoint_every", int), metavar="N",
+                     help="a checkpoint every N outer steps (default: after every minute of training)")
+    run.add_argument("--tensorboard", nargs="?", const="", metavar="DIR",
+                     help="also write the scalars as TensorBoard events (default DIR: the run folder's tensorboard/)")
     # these set the run block's settings, checked by its rows (and recorded as --set values are)
     run.add_argument("--outer-steps", type=_run_setting("outer_steps", int), metavar="N",
                      help="outer steps (default: the program's)")
@@ -58,6 +64,9 @@ def _arguments() -> argparse.ArgumentParser:
     run.add_argument("--no-baseline", action="store_true", help="skip the program's baseline comparison")
     run.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on stdout")
     run.add_argument("--out", metavar="DIR", help="the run folder (default: a new runs/PROGRAM-NNN)")
+    plot = commands.add_parser("plot", help="overlay the curves of run folders in one picture")
+    plot.add_argument("runs", nargs="+", metavar="RUN")
+    plot.add_argument("-o", "--output", metavar="OUT", default="runs.png", help="the picture (default: runs.png)")
     return parser
 
 
@@ -77,7 +86,7 @@ def _run_setting(name: str, kind: type):
     return read
 
 
-FLAGS = ("outer_steps", "device", "dtype", "seed")   # `blodsl run --NAME` for these run settings
+FLAGS = ("outer_steps", "device", "dtype", "seed", "checkpoint_every")   # `blodsl run --NAME` sets run.NAME
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,41 +94,50 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         _arguments().print_help(sys.stderr)
         return EXIT_USAGE
-    files = args.files if args.command == "check" else [args.file]
     if args.command == "run":
-        args.settings += [f"run.{name}={getattr(args, name)}" for name in FLAGS if getattr(args, name) is not None]
+        return _run(args)
+    if args.command == "plot":
+        return _plot(args)
     status = EXIT_OK
-    for path in files:
-        try:
-            checked = check_file(path, args.settings)
-        except OSError as e:
-            print(f"blodsl: error: cannot read '{path}': {e.strerror or e}", file=sys.stderr)
-            return EXIT_USAGE
-        except BadSetting as e:
-            print(f"blodsl: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        except BloError as e:
-            print(render_all(e.diagnostics, e.source), file=sys.stderr)
-            errors = sum(d.severity == "error" for d in e.diagnostics)
-            cause = " with the --set values (it checks without them)" if isinstance(e, SettingsRejected) else ""
-            print(f"{path}: {errors} error{'s' if errors != 1 else ''}{cause}", file=sys.stderr)
-            status = max(status, EXIT_USAGE if isinstance(e, SettingsRejected) else EXIT_INVALID)
+    for path in args.files if args.command == "check" else [args.file]:
+        checked = _checked(path, args.settings)
+        if isinstance(checked, int):     # reported; check the other files (a bug in blodsl stops it)
+            status = max(status, checked)
+            if checked == EXIT_INTERNAL:
+                return checked
             continue
-        except Exception as e:  # a bug in blodsl, not in the user's program
-            if os.environ.get("BLODSL_DEBUG"):
-                raise
-            print(f"blodsl: internal error while checking '{path}': {type(e).__name__}: {e}\n"
-                  "Please report it with the program; BLODSL_DEBUG=1 shows the traceback.", file=sys.stderr)
-            return EXIT_INTERNAL
-        if checked.warnings:
-            print(render_all(checked.warnings, checked.source), file=sys.stderr)
         if args.command == "check":
             print(summary(checked.program))
-        elif args.command == "run":
-            return _run(args, checked.program)
         else:
             status = _compile(args, checked) or status
     return status
+
+
+def _checked(path: str, settings: list[str]):
+    """The checked program, its warnings printed; or the exit status, its errors printed."""
+    try:
+        checked = check_file(path, settings)
+    except OSError as e:
+        print(f"blodsl: error: cannot read '{path}': {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BadSetting as e:
+        print(f"blodsl: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BloError as e:
+        print(render_all(e.diagnostics, e.source), file=sys.stderr)
+        errors = sum(d.severity == "error" for d in e.diagnostics)
+        cause = " with the --set values (it checks without them)" if isinstance(e, SettingsRejected) else ""
+        print(f"{path}: {errors} error{'s' if errors != 1 else ''}{cause}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(e, SettingsRejected) else EXIT_INVALID
+    except Exception as e:  # a bug in blodsl, not in the user's program
+        if os.environ.get("BLODSL_DEBUG"):
+            raise
+        print(f"blodsl: internal error while checking '{path}': {type(e).__name__}: {e}\n"
+              "Please report it with the program; BLODSL_DEBUG=1 shows the traceback.", file=sys.stderr)
+        return EXIT_INTERNAL
+    if checked.warnings:
+        print(render_all(checked.warnings, checked.source), file=sys.stderr)
+    return checked
 
 
 def _compile(args, checked) -> int:
@@ -161,24 +179,78 @@ def _is_generated(path: Path) -> bool:
     return head.startswith('"""') and "compiled by blodsl" in head.splitlines()[0]
 
 
-def _run(args, program: ir.Program) -> int:
+def _usage(message: str) -> int:
+    print(f"blodsl: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# settings a resumed run keeps: with others, it would not continue the run it resumes
+KEPT_ON_RESUME = ("run.seed", "run.dtype")
+
+
+def _run(args) -> int:
+    from .runs.folder import NotARunFolder, RunFolder
+
+    settings = args.settings + [f"run.{name}={getattr(args, name)}" for name in FLAGS if getattr(args, name) is not None]
+    resume, path = None, args.file
+    if args.resume:
+        if args.out:
+            return _usage("--resume continues a run in its own folder; --out does not go with it")
+        try:
+            resume = RunFolder.open(Path(args.resume))
+        except NotARunFolder as e:
+            return _usage(str(e))
+        recorded = resume.summary()
+        changed = [s for s in settings if s.partition("=")[0].strip() in KEPT_ON_RESUME]
+        if changed:
+            return _usage(f"a resumed run keeps its seed and dtype ({', '.join(changed)} would start another run); "
+                          "start a new run instead")
+        settings = recorded["settings"] + settings
+        path = path or recorded["program_file"]
+    elif path is None:
+        return _usage("run needs a program (FILE), or --resume DIR")
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        print(f"blodsl: error: '{out}' already exists and is not empty; choose a new run folder", file=sys.stderr)
-        return EXIT_USAGE
-    from .runner import run
+        return _usage(f"'{out}' already exists and is not empty; choose a new run folder")
+    if args.device and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return _usage(f"--device {args.device}: this machine has no CUDA GPU; use --device cpu")
+    tensorboard = None
+    if args.tensorboard is not None:
+        if importlib.util.find_spec("tensorboard") is None:
+            return _usage("--tensorboard needs the tensorboard package: pip install tensorboard")
+        tensorboard = args.tensorboard
+    checked = _checked(path, settings)
+    if isinstance(checked, int):
+        return checked
+    program = checked.program
+    if resume is not None:
+        from .runs.loop import program_hash
+
+        if program_hash(checked.source.text) != recorded["program_sha256"]:
+            return _usage(f"'{path}' has changed since the run in {resume.path} started; a run resumes the program "
+                          "it began with: restore it, or start a new run")
+    return _train(args, program, checked.source.text, settings, out, resume, tensorboard)
+
+
+def _train(args, program, source, settings, out, resume, tensorboard) -> int:
+    from .runs.loop import Interrupted, run
     from .runtime import BuildError
     from .runtime.data import DataError
     from .runtime.operators import RunError
 
     try:
-        run(program, compile=not args.no_compile, out=out, as_json=args.json, baseline=not args.no_baseline)
+        run(program, source, settings, compile=not args.no_compile, out=out, as_json=args.json,
+            baseline=not args.no_baseline, resume=resume, tensorboard=tensorboard)
     except (BuildError, DataError, RunError) as e:
         line = _lines(program).get(getattr(e, "where", None), (None,))[0]
-        print(f"{program.path}{f':{line}' if line else ''}: error: {e}", file=sys.stderr)
+        notes = "".join(f"\n  {note}" for note in getattr(e, "__notes__", ()))
+        print(f"{program.path}{f':{line}' if line else ''}: error: {e}{notes}", file=sys.stderr)
         return EXIT_INVALID
-    except KeyboardInterrupt:
-        print("\ninterrupted; the run folder keeps the metrics so far", file=sys.stderr)
+    except Interrupted as e:
+        print(f"\ninterrupted: {e}", file=sys.stderr)
         return 130
     except Exception as e:
         where = _blame(e, program)
@@ -194,9 +266,23 @@ def _run(args, program: ir.Program) -> int:
     return EXIT_OK
 
 
+def _plot(args) -> int:
+    from .runs.folder import NotARunFolder, RunFolder
+    from .runs.plots import plot_runs
+
+    try:
+        folders = [RunFolder.open(Path(run)) for run in args.runs]
+    except NotARunFolder as e:
+        return _usage(str(e))
+    out = plot_runs(folders, Path(args.output))
+    print(f"wrote {out}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _lines(program: ir.Program) -> dict[str, tuple[int, str]]:
     """Generated method -> (.blo line, what it is)."""
     lines = {"hypergradient": (program.hypergradient.line, "the pipeline"),
+             "upper_optimizer": (program.upper.optimizer.line, "the upper optimizer"),
              "upper_objective": (program.upper.objective.line, "the upper objective"),
              "lower_objective": (program.lower.objective.line, "the lower objective")}
     lines.update({f"metric_{m.name}": (m.line, f"metric {m.name}") for m in program.run.metrics})

@@ -234,6 +234,7 @@ class Run(Node):
     seed: int
     device: str
     dtype: Literal["float32", "float64"]
+    checkpoint_every: int | None = None   # outer steps between checkpoints; None: by wall time
     baseline: Baseline | None = None
     metrics: list[Metric]
 

@@ -175,7 +175,7 @@ def test_asking_for_a_gpu_on_a_machine_without_one(in_root):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     status, _, err = run_cli("run", "programs/ridge_regression.blo", *SHORT, "--device", "cuda")
-    assert status == 1 and "this machine has no CUDA GPU; use --device cpu" in err
+    assert status == 2 and "--device cuda: this machine has no CUDA GPU; use --device cpu" in err
 
 
 def test_a_users_own_module_and_function(tmp_path, monkeypatch):
@@ -200,7 +200,7 @@ def test_a_users_own_module_and_function(tmp_path, monkeypatch):
 
 
 def test_run_files_hold_valid_json_when_a_run_diverges():
-    from blodsl.runner import json_safe
+    from blodsl.runs.folder import json_safe
 
     # valid JSON even when a run diverged: NaN and infinity are written as null
     written = json.dumps(json_safe({"loss": float("nan"), "weights": [1.0, float("inf")], "step": 3}))

@@ -71,8 +71,8 @@ def test_unknown_keys_are_listed(in_root):
     status, _, err = run_cli("check", "programs/hyper_cleaning.blo", "--set", "lower.stepz=3")
     assert status == 2
     assert err == ("blodsl: error: --set: unknown setting 'lower.stepz'; it accepts lower.steps, lower.start, "
-                   "run.outer_steps, run.eval_every, run.seed, run.device, run.dtype, upper.optimizer.ARG, "
-                   "lower.optimizer.ARG, OPERATOR.PARAM (e.g. CG.k)\n")
+                   "run.outer_steps, run.eval_every, run.seed, run.device, run.dtype, run.checkpoint_every, "
+                   "upper.optimizer.ARG, lower.optimizer.ARG, OPERATOR.PARAM (e.g. CG.k)\n")
 
 
 def test_a_setting_meets_the_rules_of_the_program(tmp_path):

@@ -156,4 +156,5 @@ RUN = rows(
     nonnegative("seed", 0, type=int),
     Param("device", str, "auto", pattern=r"auto|cpu|cuda(:\d+)?", words="auto, cpu, cuda or cuda:N"),
     choice("dtype", "float32", "float64", default="float32"),
+    count("checkpoint_every", None),   # not written: a checkpoint after every minute of training
 )

@@ -20,6 +20,7 @@ from torch.func import vmap
 
 from . import inner, trees
 from .data import DataError, TaskSource
+from .guard import diverged, first_non_finite
 from .kernels import Objectives, compile_kernels
 from .operators import Batch, Context, Plan
 from .operators import lower as lower_plan
@@ -184,8 +185,8 @@ class Pipeline:
         return Context(self.kernels, self.inner, Batch(self.tasks), seed=self._step_seed(),
                        lower_size=sum(t.numel() for t in trees.leaves(self.initial_lower)))
 
-    def _outcome(self, ctx: Context, d):
-        out = self.method.outcome(ctx, self.x, self._start_point(self.x, self.tasks), self.state, d, self.steps_done)
+    def _outcome(self, ctx: Context, d, y0):
+        out = self.method.outcome(ctx, self.x, y0, self.state, d, self.steps_done)
         if self.lower_decl.start == "from" and out.start_grad is not None:
             # the upper model is the lower level's start, so dF/dy0 is part of its gradient
             (name,) = list(self.y)
@@ -197,13 +198,17 @@ class Pipeline:
     def hypergradient(self) -> dict[str, torch.Tensor]:
         """dF/dx at the current state (the direction the upper optimiser is handed), by name;
         changes nothing."""
-        return trees.flat_names(self._outcome(self._context(), self._data(self.problem.data_used,
-                                                                          self.steps_done)).upper_grad)
+        d = self._data(self.problem.data_used, self.steps_done)
+        return trees.flat_names(self._outcome(self._context(), d, self._start_point(self.x, self.tasks)).upper_grad)
 
     def step(self) -> dict[str, float]:
         """One outer iteration; returns the objectives it saw."""
         ctx, d = self._context(), self._data(self.problem.data_used, self.steps_done)
-        out = self._outcome(ctx, d)
+        y0 = self._start_point(self.x, self.tasks)
+        out = self._outcome(ctx, d, y0)
+        norm = torch.sqrt(sum((g * g).sum() for g in trees.leaves(out.upper_grad)))
+        self._guard(ctx, d, y0, [("lower", out.lower), ("lower_objective", out.lower_loss),
+                                 ("upper_objective", out.upper_loss), ("hypergradient", (out.upper_grad, norm))])
         for p, g in zip(trees.leaves(self.x), trees.leaves(out.upper_grad)):
             p.grad = g
         with _scaled_lr(self.outer_optimizer, self.method.upper_lr_scale(self.steps_done)):
@@ -212,12 +217,26 @@ class Pipeline:
             for p, g in zip(trees.leaves(self.start), trees.leaves(out.start_grad)):
                 p.grad = g
             self.start_optimizer.step()
+        y = self.method.after_upper_step(ctx, self.x, out, d, self.steps_done)
+        self._guard(ctx, d, y0, [("upper", self.x), ("lower", y)])
         self.state = trees.detach(out.state)
-        self.y = trees.detach(self.method.after_upper_step(ctx, self.x, out, d, self.steps_done))
+        self.y = trees.detach(y)
         self.steps_done += 1
-        norm = torch.sqrt(sum((g * g).sum() for g in trees.leaves(out.upper_grad)))
         return {"step": self.steps_done, "upper_objective": out.upper_loss.item(),
                 "lower_objective": out.lower_loss.item(), "hypergradient_norm": norm.item()}
+
+    def _guard(self, ctx: Context, d, y0, values: list[tuple[str, object]]):
+        """Stops the run at its first NaN or infinity, naming it, where it arose and what to change."""
+        bad = first_non_finite(values)
+        if bad is None:
+            return
+        quantity, kind = bad
+        inner_step = self.method.first_non_finite_step(ctx, self.x, y0, d) if quantity.startswith("lower") else None
+        name, args = self.upper_decl.optimizer
+        upper_lr = self.outer_optimizer.param_groups[0]["lr"]     # as it stands, schedules included
+        hint = (f"lower the learning rates involved (upper {name} lr={upper_lr:g}, inner "
+                f"{type(self.inner).__name__} lr={self.inner.lr:g})")
+        raise diverged(quantity, kind, self.steps_done + 1, hint, inner_step)
 
     def evaluate(self, upper: dict | None = None, lower: dict | None = None) -> dict[str, object]:
         """The program's metrics at the current state (or at the given variables)."""
@@ -348,13 +367,13 @@ class Pipeline:
                 t.copy_(state["upper"][name])
         # the lower level may carry a task dimension after a step: take it as saved
         self.y = trees.by_name(self.y, {k: v.to(self.device, self.dtype) for k, v in state["lower"].items()})
-        self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+        _load_keeping_settings(self.outer_optimizer, state["outer_optimizer"])
         self.state = trees.tree_map(lambda t: t.to(self.device, self.dtype), state.get("method", {}))
         if self.start is not None and "start" in state:
             with torch.no_grad():
                 for name, t in trees.flat_names(self.start).items():
                     t.copy_(state["start"][name])
-            self.start_optimizer.load_state_dict(state["start_optimizer"])
+            _load_keeping_settings(self.start_optimizer, state["start_optimizer"])
         self.steps_done = state["steps_done"]
 
 
@@ -365,6 +384,15 @@ class Sizes(dict):
         dataset, _, size = key.partition(".")
         why = " (its targets are not class labels)" if size == "classes" else ""
         raise DataError(f"dataset '{dataset}' has no size '{size}'{why}")
+
+
+def _load_keeping_settings(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """The saved optimiser state (moments, step counts) under this program's settings (its lr,
+    betas, ...): a run resumed with `--set upper.optimizer.lr=...` steps at the new lr."""
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, mine in zip(optimizer.param_groups, settings):
+        group.update(mine)
 
 
 @contextlib.contextmanager

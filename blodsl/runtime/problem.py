@@ -8,6 +8,7 @@ methods over pytrees `upper`, `lower` and `data`. The engine does the rest.
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -118,11 +119,18 @@ class Problem:
         return value
 
     def imported(self, ref: str) -> Callable:
+        """`import "module:name"`: the module is looked for beside the .blo file first, then on
+        the Python path."""
         module, _, name = ref.partition(":")
+        folder = str(self.folder.resolve())
+        sys.path.insert(0, folder)
         try:
             return getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as e:
-            raise BuildError(f"cannot import '{ref}': {e}") from None
+            raise BuildError(f"cannot import '{ref}' (looked beside the program, in {folder}, and on the Python "
+                             f"path): {e}") from None
+        finally:
+            sys.path.remove(folder)
 
     def model(self, name: str, params: dict) -> Callable:
         """Model `name` applied with the given weights."""

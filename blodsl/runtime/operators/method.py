@@ -135,6 +135,11 @@ class Method:
         """The lower variables once the upper optimiser has stepped to x (outer step k)."""
         return outcome.lower
 
+    def first_non_finite_step(self, ctx: Context, x, y0, d) -> int | None:
+        """The inner step at which the lower level first became NaN or infinite, where the method
+        can tell (it runs an inner loop); None otherwise."""
+        return None
+
     def upper_lr_scale(self, k: int) -> float:
         """A factor on the upper optimiser's learning rate at outer step k."""
         return 1.0

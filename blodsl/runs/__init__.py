@@ -1,0 +1,1 @@
+"""Runs of a program: the training loop of `blodsl run`, its run folder, and plots."""
