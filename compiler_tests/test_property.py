@@ -223,3 +223,61 @@ def test_excerpt_shows_the_line_the_error_names(workdir, text):
     line, excerpt = int(header[1]), header[2]
     file_line = text.split("\n")[line - 1]
     assert excerpt.endswith(f"{line} | {file_line}"), stderr
+
+
+# --- `blodsl run` on programs whose values were changed --------------------------
+# Byte damage rarely survives the checker; these mutants change what a valid program says
+# (a number, a dataset or a function) so that it checks and then meets the runtime: a model
+# of the wrong width, data of another length, a learning rate of 1e30. Run for two outer
+# steps of two inner steps eagerly, each exits 0, or 1 with a located message, and never
+# shows a traceback.
+
+NUMBERS = re.compile(r"(?<![\w.])(\d+(?:\.\d*)?(?:e-?\d+)?)(?![\w.])")
+SWAPS = {"val": "test", "train": "val", "mse": "mae", "cross_entropy": "mse", "sigmoid": "exp", "mean": "sum"}
+RUNNABLE = [name for name in PROGRAMS if name != "embedded.blo"]   # embedded binds its data from Python
+
+
+def _value_mutants(count: int = 24, seed: int = 7) -> list[Mutant]:
+    import random
+
+    rng = random.Random(seed)
+    mutants = []
+    while len(mutants) < count:
+        name = rng.choice(RUNNABLE)
+        lines = PROGRAMS[name].splitlines()
+        body = [i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
+        i = rng.choice(body)
+        line = lines[i].split("#")[0]
+        if rng.random() < 0.5 and NUMBERS.search(line):
+            spots = list(NUMBERS.finditer(line))
+            spot = rng.choice(spots)
+            new = rng.choice(["0", "1", "3", "100", "1e30", "1e-30"])
+            line = line[:spot.start()] + new + line[spot.end():]
+            what = f"line {i + 1}: {spot[0]} -> {new}"
+        else:
+            words = [w for w in SWAPS if re.search(rf"\b{w}\b", line)]
+            if not words:
+                continue
+            word = rng.choice(words)
+            line = re.sub(rf"\b{word}\b", SWAPS[word], line, count=1)
+            what = f"line {i + 1}: {word} -> {SWAPS[word]}"
+        text = "\n".join(lines[:i] + [line] + lines[i + 1:]) + "\n"
+        if text != PROGRAMS[name]:
+            mutants.append(Mutant(name, what, text.encode()))
+    return mutants
+
+
+@pytest.mark.parametrize("mutant", _value_mutants(), ids=lambda m: f"{m.program}: {m.mutation}")
+def test_run_on_a_program_with_changed_values(tmp_path, mutant):
+    path = tmp_path / mutant.program
+    path.write_bytes(mutant.data)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(["run", str(path), "--no-compile", "--no-baseline", "--outer-steps", "2",
+                           "--set", "lower.steps=2", "--out", str(tmp_path / "run")])
+    stderr = err.getvalue()
+    assert status in (0, 1), f"exit status {status}; stderr:\n{stderr}"
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+    if status == 1:
+        assert re.search(rf"^{re.escape(str(path))}:\d+(:\d+)?(?: \(--set [^)]*\))?: error: ", stderr, re.MULTILINE), \
+            f"no located error in:\n{stderr}"
