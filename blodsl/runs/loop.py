@@ -143,7 +143,7 @@ def run(program: ir.Program, source: str, settings: list[str], *, compile: bool,
                     shown = "  ".join(f"{key} {_fmt(v)}" for key, v in record.items() if key != "step")
                     bar.write(f"step {k:>{len(str(total))}}/{total}  {shown}",
                               file=sys.stderr if as_json else sys.stdout)
-                if stop.asked:
+                if stop.asked and k < total:
                     checkpoint("interrupted")
                     raise Interrupted(f"stopped at outer step {k} with a checkpoint; resume with "
                                       f"`blodsl run --resume {folder.path}`")
