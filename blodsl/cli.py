@@ -223,10 +223,10 @@ def summary(program: ir.Program) -> str:
     if data:
         lines.append(f"  data      {data}")
     for level in (program.upper, program.lower):
-        decls = [f"var {v.name}" + (f"[{', '.join(_dim(d) for d in v.shape)}]" if v.shape else " (scalar)")
+        decls = [f"var {v.name}" + (ir.written(v.shape) if v.shape else " (scalar)")
                  for v in level.variables]
-        decls += [f"model {m.name} = {_spec(m.spec)}" for m in level.models]
-        how = _call(level.optimizer.name, level.optimizer.args)
+        decls += [f"model {m.name} = {ir.written(m.spec)}" for m in level.models]
+        how = ir.call_text(level.optimizer.name, [], level.optimizer.args)
         if level.level == "lower":
             start = f"from {level.start.source}" if level.start.mode == "from" else level.start.mode
             how += f", {level.steps} step{'s' if level.steps != 1 else ''} per outer step, {start} start"
@@ -238,30 +238,6 @@ def summary(program: ir.Program) -> str:
     lines.append(f"  run       {run.outer_steps} outer steps, metrics {metrics} every {run.eval_every}; "
                  f"seed {run.seed}, device {run.device}, {run.dtype}")
     return "\n".join(lines)
-
-
-def _dim(d) -> str:
-    return f"{d.dataset}.{d.size}" if isinstance(d, ir.SizeRef) else str(d)
-
-
-def _arg(a) -> str:
-    if isinstance(a, ir.SizeRef):
-        return _dim(a)
-    if isinstance(a, ir.LayerSpec):
-        return _spec(a)
-    if isinstance(a, list):
-        return "[" + ", ".join(_arg(x) for x in a) + "]"
-    return repr(a) if isinstance(a, str) else str(a)
-
-
-def _spec(spec: ir.LayerSpec) -> str:
-    name = {"user": spec.name, "input": "input"}.get(spec.kind, spec.name)
-    return _call(name, spec.kwargs, spec.args)
-
-
-def _call(name: str, kwargs: dict, args: list = ()) -> str:
-    parts = [_arg(a) for a in args] + [f"{k}={_arg(v)}" for k, v in kwargs.items()]
-    return f"{name}({', '.join(parts)})"
 
 
 if __name__ == "__main__":
