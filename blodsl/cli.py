@@ -99,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"blodsl: error: {e}", file=sys.stderr)
             return EXIT_USAGE
         except BloError as e:
-            print(render_all(e.diagnostics, e.source), file=sys.stderr)
-            errors = sum(d.severity == "error" for d in e.diagnostics)
-            cause = " with the --set values (it checks without them)" if isinstance(e, SettingsRejected) else ""
-            print(f"{path}: {errors} error{'s' if errors != 1 else ''}{cause}", file=sys.stderr)
-            status = max(status, EXIT_USAGE if isinstance(e, SettingsRejected) else EXIT_INVALID)
+            status = max(status, _invalid(e, path))
             continue
         except Exception as e:  # a bug in blodsl, not in the user's program
             if os.environ.get("BLODSL_DEBUG"):
@@ -116,10 +112,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             print(summary(checked.program))
         elif args.command == "run":
-            return _run(args, checked.program)
+            return _run(args, checked)
         else:
             status = _compile(args, checked) or status
     return status
+
+
+def _invalid(e: BloError, path: str) -> int:
+    """Prints every located message and how many errors there were; the exit status they call for."""
+    print(render_all(e.diagnostics, e.source), file=sys.stderr)
+    errors = sum(d.severity == "error" for d in e.diagnostics)
+    cause = " with the --set values (it checks without them)" if isinstance(e, SettingsRejected) else ""
+    print(f"{path}: {errors} error{'s' if errors != 1 else ''}{cause}", file=sys.stderr)
+    return EXIT_USAGE if isinstance(e, SettingsRejected) else EXIT_INVALID
 
 
 def _compile(args, checked) -> int:
@@ -161,7 +166,8 @@ def _is_generated(path: Path) -> bool:
     return head.startswith('"""') and "compiled by blodsl" in head.splitlines()[0]
 
 
-def _run(args, program: ir.Program) -> int:
+def _run(args, checked) -> int:
+    program = checked.program
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         print(f"blodsl: error: '{out}' already exists and is not empty; choose a new run folder", file=sys.stderr)
@@ -172,7 +178,10 @@ def _run(args, program: ir.Program) -> int:
     from .runtime.operators import RunError
 
     try:
-        run(program, compile=not args.no_compile, out=out, as_json=args.json, baseline=not args.no_baseline)
+        run(program, checked.source, compile=not args.no_compile, out=out, as_json=args.json,
+            baseline=not args.no_baseline)
+    except BloError as e:   # an objective or metric that cannot be computed, found before the first step
+        return _invalid(e, program.path)
     except (BuildError, DataError, RunError) as e:
         line = _lines(program).get(getattr(e, "where", None), (None,))[0]
         print(f"{program.path}{f':{line}' if line else ''}: error: {e}", file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 from . import ir
 from .api import load_module
 from .lowering.codegen import generate
+from .syntax.source import Source
 
 
 def new_folder(root: Path, stem: str) -> Path:
@@ -49,10 +50,14 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def run(program: ir.Program, *, compile: bool, out: Path | None, as_json: bool, baseline: bool) -> dict:
-    """Trains the checked program as its run block says (command-line settings are part of it)."""
+def run(program: ir.Program, source: Source, *, compile: bool, out: Path | None, as_json: bool,
+        baseline: bool) -> dict:
+    """Trains the checked program as its run block says (command-line settings are part of it).
+    Raises BloError, located in `source`, for an objective or metric that cannot be computed."""
     import torch
     from tqdm import tqdm
+
+    from .runtime import shapes
 
     say = (lambda text: print(text, file=sys.stderr)) if as_json else print
     name = Path(program.path).name
@@ -60,6 +65,7 @@ def run(program: ir.Program, *, compile: bool, out: Path | None, as_json: bool, 
     module = load_module(code, program)
     started = time.perf_counter()
     pipeline = module.build(compile=compile)
+    shapes.check(program, source, pipeline)
     total = program.run.outer_steps
     say(f"{name}: {program.hypergradient.text}, {total} outer steps of {program.lower.steps} inner steps "
         f"on {pipeline.device} ({str(pipeline.dtype).removeprefix('torch.')}"
