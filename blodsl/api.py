@@ -10,7 +10,7 @@ import types
 from pathlib import Path
 
 from . import ir
-from .frontend import check_file, check_source
+from .frontend import Checked, check_file, check_source
 from .lowering.codegen import generate
 from .syntax.source import Source
 
@@ -32,10 +32,14 @@ def load_module(code: str, program: ir.Program) -> types.ModuleType:
 def checked_program(path_or_source: str | Path, settings=None) -> ir.Program:
     """A .blo file (a Path, or a string naming an existing file) or the text of a program,
     with `settings` applied as `--set` applies them."""
+    return _checked(path_or_source, settings).program
+
+
+def _checked(path_or_source: str | Path, settings) -> Checked:
     text = str(path_or_source)
     if isinstance(path_or_source, Path) or ("\n" not in text and (text.endswith(".blo") or Path(text).is_file())):
-        return check_file(path_or_source, settings).program
-    return check_source(Source("<program>", text), Path.cwd(), settings).program
+        return check_file(path_or_source, settings)
+    return check_source(Source("<program>", text), Path.cwd(), settings)
 
 
 def compile(path_or_source, bindings: dict | None = None, device: str | None = None, compile: bool = True,
@@ -44,8 +48,9 @@ def compile(path_or_source, bindings: dict | None = None, device: str | None = N
 
     `settings` changes the program as `blodsl run --set` does: {"CG.k": 3, "lower.start": "reinit"}
     (a str value is read as on the command line) or ["CG.k=3", ...].
-    Raises blodsl.BloError (with located messages) for an invalid program or settings that
-    make it invalid, ValueError for a setting that names nothing to set, and
+    Raises blodsl.BloError (with located messages) for an invalid program, settings that make
+    it invalid, or an objective or metric that cannot be computed on the data (checked once,
+    before any step); ValueError for a setting that names nothing to set, and
     blodsl.runtime.BuildError for a binding or file that does not fit it.
     """
     run = {f"run.{name}": value for name, value in (("device", device), ("dtype", dtype), ("seed", seed))
@@ -53,6 +58,10 @@ def compile(path_or_source, bindings: dict | None = None, device: str | None = N
     if run:
         settings = ({**settings, **run} if isinstance(settings, dict)
                     else [*(settings or []), *(f"{k}={v}" for k, v in run.items())])
-    program = checked_program(path_or_source, settings)
-    module = load_module(generate(program), program)
-    return module.build(bindings=bindings, compile=compile)
+    from .runtime import shapes
+
+    checked = _checked(path_or_source, settings)
+    module = load_module(generate(checked.program), checked.program)
+    pipeline = module.build(bindings=bindings, compile=compile)
+    shapes.check(checked.program, checked.source, pipeline)
+    return pipeline

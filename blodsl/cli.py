@@ -124,11 +124,7 @@ def _checked(path: str, settings: list[str]):
         print(f"blodsl: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except BloError as e:
-        print(render_all(e.diagnostics, e.source), file=sys.stderr)
-        errors = sum(d.severity == "error" for d in e.diagnostics)
-        cause = " with the --set values (it checks without them)" if isinstance(e, SettingsRejected) else ""
-        print(f"{path}: {errors} error{'s' if errors != 1 else ''}{cause}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(e, SettingsRejected) else EXIT_INVALID
+        return _invalid(e, path)
     except Exception as e:  # a bug in blodsl, not in the user's program
         if os.environ.get("BLODSL_DEBUG"):
             raise
@@ -138,6 +134,15 @@ def _checked(path: str, settings: list[str]):
     if checked.warnings:
         print(render_all(checked.warnings, checked.source), file=sys.stderr)
     return checked
+
+
+def _invalid(e: BloError, path: str) -> int:
+    """Prints every located message and how many errors there were; the exit status they call for."""
+    print(render_all(e.diagnostics, e.source), file=sys.stderr)
+    errors = sum(d.severity == "error" for d in e.diagnostics)
+    cause = " with the --set values (it checks without them)" if isinstance(e, SettingsRejected) else ""
+    print(f"{path}: {errors} error{'s' if errors != 1 else ''}{cause}", file=sys.stderr)
+    return EXIT_USAGE if isinstance(e, SettingsRejected) else EXIT_INVALID
 
 
 def _compile(args, checked) -> int:
@@ -232,7 +237,7 @@ def _run(args) -> int:
         if program_hash(checked.source.text) != recorded["program_sha256"]:
             return _usage(f"'{path}' has changed since the run in {resume.path} started; a run resumes the program "
                           "it began with: restore it, or start a new run")
-    return _train(args, program, checked.source.text, settings, out, resume, tensorboard)
+    return _train(args, program, checked.source, settings, out, resume, tensorboard)
 
 
 def _train(args, program, source, settings, out, resume, tensorboard) -> int:
@@ -244,6 +249,8 @@ def _train(args, program, source, settings, out, resume, tensorboard) -> int:
     try:
         run(program, source, settings, compile=not args.no_compile, out=out, as_json=args.json,
             baseline=not args.no_baseline, resume=resume, tensorboard=tensorboard)
+    except BloError as e:   # an objective or metric that cannot be computed, found before the first step
+        return _invalid(e, program.path)
     except (BuildError, DataError, RunError) as e:
         line = _lines(program).get(getattr(e, "where", None), (None,))[0]
         notes = "".join(f"\n  {note}" for note in getattr(e, "__notes__", ()))
@@ -309,10 +316,10 @@ def summary(program: ir.Program) -> str:
     if data:
         lines.append(f"  data      {data}")
     for level in (program.upper, program.lower):
-        decls = [f"var {v.name}" + (f"[{', '.join(_dim(d) for d in v.shape)}]" if v.shape else " (scalar)")
+        decls = [f"var {v.name}" + (ir.written(v.shape) if v.shape else " (scalar)")
                  for v in level.variables]
-        decls += [f"model {m.name} = {_spec(m.spec)}" for m in level.models]
-        how = _call(level.optimizer.name, level.optimizer.args)
+        decls += [f"model {m.name} = {ir.written(m.spec)}" for m in level.models]
+        how = ir.call_text(level.optimizer.name, [], level.optimizer.args)
         if level.level == "lower":
             start = f"from {level.start.source}" if level.start.mode == "from" else level.start.mode
             how += f", {level.steps} step{'s' if level.steps != 1 else ''} per outer step, {start} start"
@@ -324,30 +331,6 @@ def summary(program: ir.Program) -> str:
     lines.append(f"  run       {run.outer_steps} outer steps, metrics {metrics} every {run.eval_every}; "
                  f"seed {run.seed}, device {run.device}, {run.dtype}")
     return "\n".join(lines)
-
-
-def _dim(d) -> str:
-    return f"{d.dataset}.{d.size}" if isinstance(d, ir.SizeRef) else str(d)
-
-
-def _arg(a) -> str:
-    if isinstance(a, ir.SizeRef):
-        return _dim(a)
-    if isinstance(a, ir.LayerSpec):
-        return _spec(a)
-    if isinstance(a, list):
-        return "[" + ", ".join(_arg(x) for x in a) + "]"
-    return repr(a) if isinstance(a, str) else str(a)
-
-
-def _spec(spec: ir.LayerSpec) -> str:
-    name = {"user": spec.name, "input": "input"}.get(spec.kind, spec.name)
-    return _call(name, spec.kwargs, spec.args)
-
-
-def _call(name: str, kwargs: dict, args: list = ()) -> str:
-    parts = [_arg(a) for a in args] + [f"{k}={_arg(v)}" for k, v in kwargs.items()]
-    return f"{name}({', '.join(parts)})"
 
 
 if __name__ == "__main__":

@@ -4,20 +4,49 @@ Every name is resolved (a reference says which level or dataset it belongs
 to), and every operator parameter and inner-optimiser argument is explicit,
 defaults included, so lowering never looks back at the source text. Data
 source arguments are kept as written; their defaults belong to the loaders. Each statement keeps the
-line it came from, for `# prog.blo:LINE` comments in generated code.
-`Program.model_dump_json(indent=2)` is `blodsl compile --emit ir`.
+line it came from, for `# prog.blo:LINE` comments in generated code; expressions and the declarations
+that give sizes (datasets, variables, models) keep their span too, for messages about the values
+they make. `Program.model_dump_json(indent=2)` is `blodsl compile --emit ir`: spans are left out.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypeAliasType
 
+from .syntax.source import Span
+
 
 class Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True, eq=False)
+class Written(Span):
+    """Where a node was written. Not part of what the program means: every position equals every
+    other (and none), so programs that differ only in layout, or that were read back from JSON,
+    compare equal."""
+
+    def __eq__(self, other):
+        return other is None or isinstance(other, Span)
+
+    def __hash__(self):
+        return hash(None)   # as a node without its span hashes
+
+    @staticmethod
+    def of(span: Span | None) -> "Written | None":
+        return None if span is None else Written(span.line, span.col, span.end_line, span.end_col, span.origin)
+
+
+# A node's span: out of the JSON, out of repr, and (by Written's equality) out of comparisons.
+At = Annotated[Written | None, Field(default=None, exclude=True, repr=False)]
+
+
+class Expression(Node):
+    span: At = None
 
 
 LevelName = Literal["upper", "lower"]
@@ -25,39 +54,39 @@ LevelName = Literal["upper", "lower"]
 # --- expressions ---------------------------------------------------------------
 
 
-class Const(Node):
+class Const(Expression):
     kind: Literal["const"] = "const"
     value: bool | int | float | str | None
 
 
-class DataRef(Node):
+class DataRef(Expression):
     """A tensor of a dataset: `train.x`."""
     kind: Literal["data"] = "data"
     dataset: str
     field: str
 
 
-class SizeRef(Node):
+class SizeRef(Expression):
     """A size of a dataset, known once it is loaded: `train.features`."""
     kind: Literal["size"] = "size"
     dataset: str
     size: str
 
 
-class VarRef(Node):
+class VarRef(Expression):
     kind: Literal["var"] = "var"
     level: LevelName
     name: str
 
 
-class ModelRef(Node):
+class ModelRef(Expression):
     """A model as a value: all its weights (as in `sqnorm(net)`)."""
     kind: Literal["model"] = "model"
     level: LevelName
     name: str
 
 
-class ParamRef(Node):
+class ParamRef(Expression):
     """One weight tensor of a model: `net.weight`."""
     kind: Literal["param"] = "param"
     level: LevelName
@@ -65,7 +94,7 @@ class ParamRef(Node):
     param: str
 
 
-class Apply(Node):
+class Apply(Expression):
     """A model applied to inputs: `net(train.x)`."""
     kind: Literal["apply"] = "apply"
     level: LevelName
@@ -73,7 +102,7 @@ class Apply(Node):
     args: list[Expr]
 
 
-class Call(Node):
+class Call(Expression):
     """A built-in function (blodsl.catalogue.builtins.FUNCTIONS or METRICS)."""
     kind: Literal["call"] = "call"
     fn: str
@@ -81,7 +110,7 @@ class Call(Node):
     kwargs: dict[str, Expr] = {}
 
 
-class UserCall(Node):
+class UserCall(Expression):
     """A user function imported as "package.module:function"."""
     kind: Literal["user_call"] = "user_call"
     ref: str
@@ -89,32 +118,32 @@ class UserCall(Node):
     kwargs: dict[str, Expr] = {}
 
 
-class BinOp(Node):
+class BinOp(Expression):
     kind: Literal["binop"] = "binop"
     op: str
     left: Expr
     right: Expr
 
 
-class Unary(Node):
+class Unary(Expression):
     kind: Literal["unary"] = "unary"
     op: str
     operand: Expr
 
 
-class Compare(Node):
+class Compare(Expression):
     kind: Literal["compare"] = "compare"
     op: str
     left: Expr
     right: Expr
 
 
-class ListOf(Node):
+class ListOf(Expression):
     kind: Literal["list"] = "list"
     items: list[Expr]
 
 
-class Index(Node):
+class Index(Expression):
     kind: Literal["index"] = "index"
     obj: Expr
     index: Expr
@@ -149,6 +178,7 @@ class Dataset(Node):
     sizes: list[str]
     tasks: bool = False
     line: int
+    span: At = None           # the dataset's name
 
 
 class Variable(Node):
@@ -158,6 +188,7 @@ class Variable(Node):
     shape: list[Dim]
     args: dict[str, Arg] = {}
     line: int
+    span: At = None           # the whole declaration
 
 
 class Model(Node):
@@ -166,6 +197,7 @@ class Model(Node):
     spec: LayerSpec
     parameters: list[str]     # names reachable as `net.NAME` ([] when not known before run time)
     line: int
+    span: At = None           # the whole declaration
 
 
 class Optimizer(Node):
@@ -247,6 +279,21 @@ class Program(Node):
     lower: LevelDecl
     hypergradient: OperatorChain
     run: Run
+
+
+def written(value) -> str:
+    """A declaration's argument as a program writes it: `train.features`, `Linear(64, 10)`, `[32, 32]`."""
+    if isinstance(value, SizeRef):
+        return f"{value.dataset}.{value.size}"
+    if isinstance(value, LayerSpec):
+        return call_text(value.name, value.args, value.kwargs)
+    if isinstance(value, list):
+        return "[" + ", ".join(written(v) for v in value) + "]"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def call_text(name: str, args: list, kwargs: dict) -> str:
+    return f"{name}({', '.join([written(a) for a in args] + [f'{k}={written(v)}' for k, v in kwargs.items()])})"
 
 
 def nodes(tree):

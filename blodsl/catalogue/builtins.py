@@ -76,27 +76,27 @@ _ACTIVATION = choice("activation", "relu", "tanh", "sigmoid", "gelu", quoted=Tru
 class Layer:
     signature: Signature
     parameters: tuple[str, ...] = ()   # names reachable as `net.weight`
+    widths: tuple[int, int] | None = None  # which positional arguments are its input and output widths
+    axis: int = -1                     # the dimension those widths size (a Conv2d's channels: -3)
+    elementwise: bool = False          # keeps its input's shape (an activation)
 
 
-def _layer(name, summary, positional=(), parameters=(), *keywords: Param):
+def _layer(name, summary, positional=(), parameters=(), *keywords: Param, **shape):
     n = len(positional)
-    return Layer(_sig(name, summary, n, n, *keywords), parameters)
+    return Layer(_sig(name, summary, n, n, *keywords), parameters, **shape)
 
 
 LAYERS: dict[str, Layer] = {layer.signature.name: layer for layer in (
     _layer("Linear", "Linear(in_features, out_features, bias=True)", ("in_features", "out_features"),
-           ("weight", "bias"), flag("bias")),
+           ("weight", "bias"), flag("bias"), widths=(0, 1)),
     _layer("MLP", "MLP(in_features, [hidden, ...], out_features, activation='relu')",
-           ("in_features", "hidden", "out_features"), (), _ACTIVATION, flag("bias")),
+           ("in_features", "hidden", "out_features"), (), _ACTIVATION, flag("bias"), widths=(0, 2)),
     _layer("Conv2d", "Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True)",
            ("in_channels", "out_channels", "kernel_size"), ("weight", "bias"),
-           anything("stride"), anything("padding"), flag("bias")),
+           anything("stride"), anything("padding"), flag("bias"), widths=(0, 1), axis=-3),
     _layer("MaxPool2d", "MaxPool2d(kernel_size)", ("kernel_size",)),
     _layer("Flatten", "Flatten()"),
-    _layer("ReLU", "ReLU()"),
-    _layer("Tanh", "Tanh()"),
-    _layer("Sigmoid", "Sigmoid()"),
-    _layer("GELU", "GELU()"),
+    *(_layer(name, f"{name}()", elementwise=True) for name in ("ReLU", "Tanh", "Sigmoid", "GELU")),
 )}
 SEQUENTIAL = _sig("Sequential", "Sequential(layer, layer, ...)", 1, None)
 

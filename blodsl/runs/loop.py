@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import ir
 from ..api import load_module
 from ..lowering.codegen import generate
+from ..syntax.source import Source
 from .folder import CODE, RunFolder, now, versions
 from .plots import plot_curves
 
@@ -63,12 +64,14 @@ class _StopOnCtrlC:
         signal.signal(signal.SIGINT, self.previous)
 
 
-def run(program: ir.Program, source: str, settings: list[str], *, compile: bool, out: Path | None,
+def run(program: ir.Program, source: Source, settings: list[str], *, compile: bool, out: Path | None,
         as_json: bool, baseline: bool, resume: RunFolder | None = None, tensorboard: str | None = None) -> dict:
     """Trains the checked program as its run block says; `settings` are the command line's (recorded).
-    tensorboard: a folder for event files ("": the run folder's tensorboard/), or None."""
+    tensorboard: a folder for event files ("": the run folder's tensorboard/), or None. Raises
+    BloError, located in `source`, for an objective or metric that cannot be computed."""
     from tqdm import tqdm
 
+    from ..runtime import shapes
     from ..runtime.guard import Diverged
 
     say = (lambda text: print(text, file=sys.stderr)) if as_json else print
@@ -77,6 +80,7 @@ def run(program: ir.Program, source: str, settings: list[str], *, compile: bool,
     module = load_module(code, program)
     started = time.perf_counter()
     pipeline = module.build(compile=compile)
+    shapes.check(program, source, pipeline)     # before a run folder exists: nothing is left behind
     total = program.run.outer_steps
 
     if resume is not None:
@@ -91,7 +95,7 @@ def run(program: ir.Program, source: str, settings: list[str], *, compile: bool,
     else:
         folder = RunFolder.create(out, Path(program.path).stem)
         summary = {"program": program.path, "program_file": str(Path(program.path).resolve()),
-                   "program_sha256": program_hash(source), "pipeline": program.hypergradient.text,
+                   "program_sha256": program_hash(source.text), "pipeline": program.hypergradient.text,
                    "settings": settings, "seed": pipeline.seed, "device": str(pipeline.device),
                    "dtype": str(pipeline.dtype).removeprefix("torch."), "compiled": compile, "outer_steps": total,
                    "versions": versions(), "started": now(), "status": "running", "steps_done": 0,

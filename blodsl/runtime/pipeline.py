@@ -98,20 +98,6 @@ class Pipeline:
                                                    trees.leaves(self.start))
         self.state = self.method.init_state(self.y)
         self.steps_done = 0
-        self._check_objectives()
-
-    def _check_objectives(self):
-        """Each objective is one number (per task): found here, not deep inside a transform."""
-        d = self._data(self.problem.data_used, 0)
-        y0 = self._start_point(self.x, self.tasks)
-        dims = (None, 0 if self.tasks else None, self.task_dims)
-        for level in ("upper", "lower"):
-            objective = getattr(self.problem, f"{level}_objective")
-            value = vmap(objective, in_dims=dims)(self.x, y0, d) if self.tasks else objective(self.x, y0, d)
-            shape = tuple(value.shape)[1:] if self.tasks else tuple(value.shape)
-            if shape != ():
-                raise BuildError(f"the {level} objective must be a single number, but it gives a tensor of "
-                                 f"shape {list(shape)}; reduce it with mean(...) or sum(...)", where=f"{level}_objective")
 
     # --- building -----------------------------------------------------------------------
 

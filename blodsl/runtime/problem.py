@@ -19,12 +19,7 @@ from torch.func import functional_call
 
 
 class BuildError(Exception):
-    """A program that checks but cannot be built as given (a binding, a file, a size).
-    `where` names the generated method at fault (e.g. "lower_objective"), if one is."""
-
-    def __init__(self, message: str, where: str | None = None):
-        super().__init__(message)
-        self.where = where
+    """A program that checks but cannot be built as given (a binding, a file, a device)."""
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class DataBlock:
         batch = next((kw for kw in value.kwargs if kw.name.text == "batch"), None)
         if batch is not None:
             self.scope.error("minibatches are not run yet: every outer step reads the whole dataset", batch.span,
-                             fix=f"remove batch={self.scope.text_of(batch.value.span)}")
+                             fix=f"remove batch={self.scope.source.text_of(batch.value.span)}")
             return []
         kwargs = check_call(self.scope, source.signature, value)
         if kwargs is None:
@@ -85,7 +85,7 @@ class DataBlock:
     def make_dataset(self, name, source: DataSource, args, path, split) -> ir.Dataset:
         ds = ir.Dataset(name=name.text, source=source.signature.name, args=args, path=path, split=split,
                         fields=list(source.fields), sizes=list(source.sizes), tasks=source.tasks,
-                        line=name.span.line)
+                        line=name.span.line, span=ir.Written.of(name.span))
         self.scope.declare(name, Symbol("dataset", name.span, decl=ds))
         return ds
 
@@ -99,7 +99,8 @@ class DataBlock:
             return []
         fields = kwargs.get("fields", ["x", "y"])
         ds = ir.Dataset(name=names[0].text, source="input", args={"fields": fields}, fields=fields,
-                        sizes=["n", "features", "classes"], line=names[0].span.line)
+                        sizes=["n", "features", "classes"], line=names[0].span.line,
+                        span=ir.Written.of(names[0].span))
         self.scope.declare(names[0], Symbol("dataset", names[0].span, decl=ds))
         return [ds]
 

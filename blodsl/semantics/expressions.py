@@ -20,7 +20,15 @@ class Expressions:
         self.scope = scope
 
     def expr(self, e: ast.Expr, metric: bool) -> tuple[ir.Expr, str] | None:
-        """(IR expression, kind) where kind is tensor, number, string, bool, model, list or None."""
+        """(IR expression, kind) where kind is tensor, number, string, bool, model, list or None;
+        the expression carries its span, for messages about the value it makes at run time."""
+        resolved = self.resolve(e, metric)
+        if resolved is None:
+            return None
+        node, kind = resolved
+        return node.model_copy(update={"span": ir.Written.of(e.span)}), kind
+
+    def resolve(self, e: ast.Expr, metric: bool) -> tuple[ir.Expr, str] | None:
         match e:
             case ast.Number(value=v):
                 return ir.Const(value=v), "number"

@@ -37,7 +37,9 @@ class LevelBlock:
             if decl is None:
                 self.scope.declare_broken(stmt.name)
                 self.declared.append(None)
-            elif self.scope.declare(stmt.name, Symbol(stmt.keyword, stmt.name.span, self.level, decl)):
+                continue
+            decl = decl.model_copy(update={"span": ir.Written.of(stmt.span)})   # for messages about its sizes
+            if self.scope.declare(stmt.name, Symbol(stmt.keyword, stmt.name.span, self.level, decl)):
                 self.declared.append(decl)
 
     def variable(self, stmt: ast.Declaration) -> ir.Variable | None:
@@ -193,7 +195,7 @@ class LevelBlock:
         if kind not in ("tensor", "number"):
             self.scope.error(f"the {self.level} objective must be a loss (a number), not a {kind}", setting.value.span)
             return None
-        return ir.Objective(expr=expr, text=self.scope.text_of(setting.value.span), line=setting.span.line)
+        return ir.Objective(expr=expr, text=self.scope.source.text_of(setting.value.span), line=setting.span.line)
 
     def optimizer(self, setting: ast.Setting) -> ir.Optimizer | None:
         value = setting.value

@@ -270,7 +270,7 @@ def inner_optimizer_unused(scope: Scope, p: Facts):
         return
     for kw in _keywords(optimizer):
         if kw.name.text != "lr":
-            scope.warn(f"{why}: {kw.name.text} has no effect", kw.span, fix=f"remove {kw.name.text}={scope.text_of(kw.value.span)}")
+            scope.warn(f"{why}: {kw.name.text} has no effect", kw.span, fix=f"remove {kw.name.text}={scope.source.text_of(kw.value.span)}")
 
 
 def one_step_from_a_fresh_state(scope: Scope, p: Facts):
@@ -284,7 +284,7 @@ def one_step_from_a_fresh_state(scope: Scope, p: Facts):
         if cannot_matter.get(kw.name.text):
             scope.warn(f"{kw.name.text} has no effect with one inner step: the optimiser's state starts at zero "
                        "every outer step, so its first step does not depend on it", kw.span,
-                       fix=f"remove {kw.name.text}={scope.text_of(kw.value.span)}")
+                       fix=f"remove {kw.name.text}={scope.source.text_of(kw.value.span)}")
 
 
 def parameters_overridden(scope: Scope, p: Facts):
@@ -294,7 +294,7 @@ def parameters_overridden(scope: Scope, p: Facts):
             why = w.op.overrides.get(other.op.name)
             for name, span in (other.arg_spans.items() if why else ()):
                 scope.warn(f"{other.op.name}'s {name} has no effect beside {w.op.name}: {why}", span,
-                           fix=f"remove {name}={scope.text_of(span)}")
+                           fix=f"remove {name}={scope.source.text_of(span)}")
 
 
 def optimizer_steps(p: Facts) -> int:
@@ -313,7 +313,7 @@ def parameters_needing(scope: Scope, p: Facts):
         for name, other in w.op.needs_for.items():
             if name in w.arg_spans and other not in present:
                 scope.warn(f"{w.op.name}'s {name} has no effect without {other}", w.arg_spans[name],
-                           fix=f"remove {name}={scope.text_of(w.arg_spans[name])}, or add {other}")
+                           fix=f"remove {name}={scope.source.text_of(w.arg_spans[name])}, or add {other}")
 
 
 def ordered_parameters(scope: Scope, p: Facts):

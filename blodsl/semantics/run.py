@@ -97,5 +97,5 @@ class RunBlock:
         resolved = self.expressions.expr(stmt.value, metric=True)
         if resolved is None:
             return None
-        return ir.Metric(name=stmt.name.text, expr=resolved[0], text=self.scope.text_of(stmt.value.span),
+        return ir.Metric(name=stmt.name.text, expr=resolved[0], text=self.scope.source.text_of(stmt.value.span),
                          rebind=rebind, line=stmt.span.line)

@@ -42,18 +42,6 @@ class Scope:
     def has_errors(self) -> bool:
         return any(d.severity == "error" for d in self.problems)
 
-    def text_of(self, span: Span) -> str:
-        """The source text under `span`, its lines joined by spaces; for a value from `--set KEY=VALUE`, VALUE."""
-        if span.origin:
-            return span.origin.partition("=")[2]
-        lines = self.source.text.split("\n")[span.line - 1: span.end_line]
-        if not lines:
-            return ""
-        if len(lines) == 1:
-            return lines[0][span.col - 1: span.end_col - 1]
-        lines[0], lines[-1] = lines[0][span.col - 1:], lines[-1][: span.end_col - 1]
-        return " ".join(part.strip() for part in lines)
-
     def const(self, expr: ast.Expr, what: str, words: bool = False):
         """The constant `expr` stands for, or NO_VALUE (reported) when it is not one."""
         try:

@@ -28,3 +28,15 @@ class Source:
         # Only '\n' ends a line, as for the parser (str.splitlines also splits on form feeds).
         lines = self.text.split("\n")
         return lines[number - 1].removesuffix("\r") if 0 < number <= len(lines) else ""
+
+    def text_of(self, span: Span) -> str:
+        """The text under `span`, its lines joined by spaces; for a value from `--set KEY=VALUE`, VALUE."""
+        if span.origin:
+            return span.origin.partition("=")[2]
+        lines = self.text.split("\n")[span.line - 1: span.end_line]
+        if not lines:
+            return ""
+        if len(lines) == 1:
+            return lines[0][span.col - 1: span.end_col - 1]
+        lines[0], lines[-1] = lines[0][span.col - 1:], lines[-1][: span.end_col - 1]
+        return " ".join(part.strip() for part in lines)
