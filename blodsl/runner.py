@@ -78,7 +78,7 @@ def run(program: ir.Program, *, compile: bool, out: Path | None, as_json: bool, 
             first_step_done = first_step_done or time.perf_counter()
             log.write(json.dumps(json_safe(record)) + "\n")
             bar.update(1)
-            if len(record) > 4:  # metrics were evaluated at this step
+            if any(name in record for name in pipeline.problem.metrics):   # evaluated at this step
                 shown = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if k != "step")
                 bar.write(f"step {record['step']:>{len(str(total))}}/{total}  {shown}",
                           file=sys.stderr if as_json else sys.stdout)
