@@ -15,8 +15,8 @@ import blodsl
 from blodsl.catalogue.builtins import NOT_SCHEDULERS, SCHEDULERS
 from blodsl.catalogue.params import REQUIRED
 from blodsl.runtime import BuildError
-from conftest import run_cli
-from helpers import BASE, errors_of
+from conftest import ROOT, run_cli
+from helpers import BASE, check_text, errors_of
 
 # BASE with two inner steps (fast), a second upper variable (so clipping has a global norm to take)
 TWO_VARIABLES = BASE.replace("steps = 20", "steps = 2").replace(
@@ -108,7 +108,8 @@ def test_clipping_scales_the_whole_hypergradient_to_the_norm():
 def test_clipping_above_the_norm_changes_nothing():
     g = built(upper(optimizer="SGD(lr=0.5)")).hypergradient()
     norm = math.sqrt(sum((t * t).sum().item() for t in g.values()))
-    plain, clipped = built(upper(optimizer="SGD(lr=0.5)")), built(upper(f"clip = {4 * norm!r}", optimizer="SGD(lr=0.5)"))
+    plain = built(upper(optimizer="SGD(lr=0.5)"))
+    clipped = built(upper(f"clip = {4 * norm!r}", optimizer="SGD(lr=0.5)"))
     for _ in range(2):
         assert plain.step() == clipped.step()
     assert all(torch.equal(plain.upper[k], clipped.upper[k]) for k in plain.upper)
@@ -226,3 +227,13 @@ def test_set_adds_a_schedule_and_a_clip_the_summary_shows(in_root):
     assert "            Adam(lr=0.1), scheduled by StepLR(step_size=10), hypergradient clipped to norm 0.5\n" in out
     status, _, err = run_cli("check", "programs/hyper_cleaning.blo", "--set", "upper.scheduler.T_max=4")
     assert status == 2 and "the upper level has no scheduler to set an argument of" in err
+
+
+def test_the_readmes_upper_block_checks():
+    readme = (ROOT / "README.md").read_text()
+    snippet = next(block for block in readme.split("```") if "scheduler = CosineAnnealingLR" in block)
+    block = snippet[snippet.index("upper {"):snippet.index("}") + 1]
+    text = BASE[:BASE.index("upper {")] + block + BASE[BASE.index("}", BASE.index("upper {")) + 1:]
+    checked = check_text(text).program.upper
+    assert (checked.scheduler.name, checked.scheduler.args) == ("CosineAnnealingLR", {"T_max": 100})
+    assert checked.clip.norm == 1.0

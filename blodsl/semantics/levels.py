@@ -251,7 +251,8 @@ class LevelBlock:
             return NO_VALUE
         sig = SCHEDULERS[name]
         self.scheduler_keywords = {kw.name.text: kw for kw in getattr(value, "kwargs", [])}
-        args = check_call(self.scope, sig, value if isinstance(value, ast.Call) else ast.Call(value, [], [], span=value.span))
+        call = value if isinstance(value, ast.Call) else ast.Call(value, [], [], span=value.span)   # bare `StepLR`
+        args = check_call(self.scope, sig, call)
         if args is None:
             return NO_VALUE
         cycles_momentum = args.get("cycle_momentum", "cycle_momentum" in sig.keywords)  # torch's default: True
