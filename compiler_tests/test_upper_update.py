@@ -86,6 +86,15 @@ def test_the_upper_step_takes_the_scheduled_learning_rate():
                                        rtol=1e-12, atol=1e-15)
 
 
+def test_a_methods_factor_multiplies_the_scheduled_rate():
+    """DM scales the upper learning rate by (k+1)^-tau (tau = 0.01 by default) on top of the schedule."""
+    text = upper("scheduler = ExponentialLR(gamma=0.5)").replace("steps = 2", "steps = 1").replace(
+        "hypergradient = RAD", "hypergradient = DM -> RAD")
+    pipeline = built(text)
+    for k in range(3):
+        assert pipeline.step()["upper_lr"] == pytest.approx(0.1 * 0.5 ** k * (k + 1) ** -0.01, rel=1e-12)
+
+
 def test_without_a_scheduler_the_record_has_no_learning_rate():
     assert "upper_lr" not in built(upper()).step()
 

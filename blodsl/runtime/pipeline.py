@@ -190,8 +190,8 @@ class Pipeline:
         return out
 
     def hypergradient(self) -> dict[str, torch.Tensor]:
-        """dF/dx at the current state (the direction the upper optimiser is handed), by name;
-        changes nothing."""
+        """dF/dx at the current state (the direction the upper update takes, before any clipping), by
+        name; changes nothing."""
         return trees.flat_names(self._outcome(self._context(), self._data(self.problem.data_used,
                                                                           self.steps_done)).upper_grad)
 
