@@ -37,7 +37,7 @@ def _arguments() -> argparse.ArgumentParser:
     settings = _Parser(add_help=False)
     settings.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                           help="set a setting as if the program wrote it, e.g. lower.steps=20, CG.k=5, "
-                               "upper.optimizer.lr=0.01 (repeatable)")
+                               "upper.optimizer.lr=0.01, upper.scheduler.T_max=50, upper.clip=1 (repeatable)")
     check = commands.add_parser("check", help="check .blo programs and summarise them", parents=[settings])
     check.add_argument("files", nargs="+", metavar="FILE")
     compile_ = commands.add_parser("compile", help="print a stage of the compiler for one program", parents=[settings])
@@ -293,6 +293,8 @@ def _lines(program: ir.Program) -> dict[str, tuple[int, str]]:
              "upper_objective": (program.upper.objective.line, "the upper objective"),
              "lower_objective": (program.lower.objective.line, "the lower objective")}
     lines.update({f"metric_{m.name}": (m.line, f"metric {m.name}") for m in program.run.metrics})
+    if program.upper.scheduler is not None:
+        lines["scheduler"] = (program.upper.scheduler.line, "the upper scheduler")
     return lines
 
 
@@ -320,6 +322,10 @@ def summary(program: ir.Program) -> str:
                  for v in level.variables]
         decls += [f"model {m.name} = {ir.written(m.spec)}" for m in level.models]
         how = ir.call_text(level.optimizer.name, [], level.optimizer.args)
+        if level.scheduler is not None:
+            how += f", scheduled by {ir.call_text(level.scheduler.name, [], level.scheduler.args)}"
+        if level.clip is not None:
+            how += f", hypergradient clipped to norm {level.clip.norm:g}"
         if level.level == "lower":
             start = f"from {level.start.source}" if level.start.mode == "from" else level.start.mode
             how += f", {level.steps} step{'s' if level.steps != 1 else ''} per outer step, {start} start"

@@ -206,6 +206,20 @@ class Optimizer(Node):
     line: int
 
 
+class Scheduler(Node):
+    """The upper optimiser's learning-rate schedule: a torch.optim.lr_scheduler class and its
+    keyword arguments as written, with the defaults that follow the program filled in."""
+    name: str
+    args: dict[str, Arg]
+    line: int
+
+
+class Clip(Node):
+    """The largest global norm of the hypergradient the upper optimiser is handed."""
+    norm: float
+    line: int
+
+
 class Objective(Node):
     expr: Expr
     text: str                 # as written, for comments and messages
@@ -225,6 +239,8 @@ class LevelDecl(Node):
     models: list[Model]
     objective: Objective
     optimizer: Optimizer
+    scheduler: Scheduler | None = None  # upper level only
+    clip: Clip | None = None            # upper level only
     steps: int | None = None  # lower level only
     start: Start | None = None
     line: int

@@ -70,9 +70,10 @@ def test_bad_settings_exit_2(in_root, argv, message):
 def test_unknown_keys_are_listed(in_root):
     status, _, err = run_cli("check", "programs/hyper_cleaning.blo", "--set", "lower.stepz=3")
     assert status == 2
-    assert err == ("blodsl: error: --set: unknown setting 'lower.stepz'; it accepts lower.steps, lower.start, "
-                   "run.outer_steps, run.eval_every, run.seed, run.device, run.dtype, run.checkpoint_every, "
-                   "upper.optimizer.ARG, lower.optimizer.ARG, OPERATOR.PARAM (e.g. CG.k)\n")
+    assert err == ("blodsl: error: --set: unknown setting 'lower.stepz'; it accepts upper.scheduler, upper.clip, "
+                   "lower.steps, lower.start, run.outer_steps, run.eval_every, run.seed, run.device, run.dtype, "
+                   "run.checkpoint_every, upper.optimizer.ARG, upper.scheduler.ARG, lower.optimizer.ARG, "
+                   "OPERATOR.PARAM (e.g. CG.k)\n")
 
 
 def test_a_setting_meets_the_rules_of_the_program(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .params import REQUIRED, Param, anything, choice, count, flag, nonnegative, positive, rows
+from .params import REQUIRED, FromProgram, Param, anything, choice, count, flag, nonnegative, positive, rows
 
 
 @dataclass(frozen=True)
@@ -218,12 +218,72 @@ NOT_UPPER_OPTIMIZERS = {
     "SparseAdam": "it takes sparse gradients, and a hypergradient is dense",
 }
 
+# Those that keep a momentum (or Adam's betas) a cyclic scheduler can cycle (torch's own test).
+HAS_MOMENTUM = {name for name, args in TORCH_OPTIMIZERS.items() if "momentum" in args or "betas" in args}
+
 # Lower level: optimisers whose steps blodsl differentiates through, with the defaults the IR spells out.
 INNER_OPTIMIZERS: dict[str, dict[str, Param]] = {
     "SGD": _optimizer("lr", "momentum", "weight_decay", "nesterov",
                       lr=0.001, momentum=0.0, weight_decay=0.0, nesterov=False),
     "Adam": _optimizer("lr", "betas", "eps", "weight_decay", lr=0.001, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0),
 }
+
+
+# --- learning-rate schedulers of the upper level --------------------------------
+# Any torch.optim.lr_scheduler class a call of numbers builds, stepped once per outer step
+# (ReduceLROnPlateau on that step's upper objective). Keyword arguments as of torch 2.13, less
+# last_epoch (a resumed run restores its schedule from the saved state) and one list per
+# parameter group (the upper level is one group).
+
+def _scheduler(name, summary, *keywords: Param) -> Signature:
+    return _sig(name, summary, 0, 0, *keywords)
+
+
+_CYCLE_MOMENTUM = (flag("cycle_momentum"), nonnegative("base_momentum"), nonnegative("max_momentum"))
+
+SCHEDULERS: dict[str, Signature] = {s.name: s for s in (
+    _scheduler("StepLR", "StepLR(step_size=..., gamma=0.1): the lr times gamma every step_size outer steps",
+               count("step_size", REQUIRED), positive("gamma")),
+    _scheduler("MultiStepLR", "MultiStepLR(milestones=[...], gamma=0.1): the lr times gamma at each milestone",
+               Param("milestones", list, REQUIRED, low=1, item=int, increasing=True,
+                     words="a list of increasing whole numbers >= 1, e.g. [30, 80]"), positive("gamma")),
+    _scheduler("ExponentialLR", "ExponentialLR(gamma=...): the lr times gamma every outer step",
+               positive("gamma", REQUIRED)),
+    _scheduler("CosineAnnealingLR", "CosineAnnealingLR(T_max=..., eta_min=0): half a cosine from the lr down "
+               "to eta_min over T_max outer steps", count("T_max", REQUIRED), nonnegative("eta_min")),
+    _scheduler("CosineAnnealingWarmRestarts", "CosineAnnealingWarmRestarts(T_0=..., T_mult=1, eta_min=0): "
+               "cosine annealing restarted after T_0, then T_0 * T_mult, ... outer steps",
+               count("T_0", REQUIRED), count("T_mult"), nonnegative("eta_min")),
+    _scheduler("LinearLR", "LinearLR(start_factor=1/3, end_factor=1, total_iters=5): the lr's factor moves "
+               "linearly from start_factor to end_factor", Param("start_factor", float, low=0, low_open=True, high=1),
+               Param("end_factor", float, low=0, high=1), count("total_iters")),
+    _scheduler("ConstantLR", "ConstantLR(factor=1/3, total_iters=5): the lr times factor for total_iters outer steps",
+               Param("factor", float, low=0, high=1), count("total_iters")),
+    _scheduler("PolynomialLR", "PolynomialLR(total_iters=5, power=1): the lr decays polynomially to 0",
+               count("total_iters"), nonnegative("power")),
+    _scheduler("OneCycleLR", "OneCycleLR(max_lr=..., total_steps=the run's outer steps, pct_start=0.3, ...): "
+               "up to max_lr, then down far below the start", positive("max_lr", REQUIRED),
+               count("total_steps", FromProgram("outer_steps")), Param("pct_start", float, low=0, high=1),
+               choice("anneal_strategy", "cos", "linear", quoted=True), *_CYCLE_MOMENTUM,
+               positive("div_factor"), positive("final_div_factor"), flag("three_phase")),
+    _scheduler("CyclicLR", "CyclicLR(base_lr=..., max_lr=..., step_size_up=2000, mode='triangular', ...): "
+               "the lr cycles between base_lr and max_lr", positive("base_lr", REQUIRED), positive("max_lr", REQUIRED),
+               count("step_size_up"), count("step_size_down"),
+               choice("mode", "triangular", "triangular2", "exp_range", quoted=True), positive("gamma"),
+               *_CYCLE_MOMENTUM),
+    _scheduler("ReduceLROnPlateau", "ReduceLROnPlateau(factor=0.1, patience=10, ...): the lr times factor once "
+               "the upper objective has not improved for patience outer steps",
+               Param("factor", float, low=0, low_open=True, high=1, high_open=True),
+               nonnegative("patience", type=int), nonnegative("threshold"),
+               choice("threshold_mode", "rel", "abs", quoted=True), nonnegative("cooldown", type=int),
+               nonnegative("min_lr"), nonnegative("eps")),
+)}
+
+# torch.optim.lr_scheduler classes a program cannot build, and why.
+_TAKES_FUNCTION = "it takes a Python function of the step (lr_lambda), which a .blo file cannot write"
+_TAKES_SCHEDULERS = "it chains scheduler objects, which a .blo file cannot build"
+NOT_SCHEDULERS = {"LambdaLR": _TAKES_FUNCTION, "MultiplicativeLR": _TAKES_FUNCTION,
+                  "SequentialLR": _TAKES_SCHEDULERS, "ChainedScheduler": _TAKES_SCHEDULERS}
 
 
 def builtin_kind(name: str) -> str | None:
@@ -240,6 +300,8 @@ def builtin_kind(name: str) -> str | None:
         return "data source"
     if name in TORCH_OPTIMIZERS:
         return "optimiser"
+    if name in SCHEDULERS:
+        return "scheduler"
     if name in ("input", "from"):
         return "keyword"
     return None

@@ -17,10 +17,11 @@ REQUIRED = object()  # the default of a parameter that must be written
 @dataclass(frozen=True)
 class FromProgram:
     """A default taken from the program itself, e.g. the inner learning rate."""
-    what: str  # "inner_lr" or "steps"
+    what: str  # "inner_lr", "steps" or "outer_steps"
 
     def __repr__(self):
-        return {"inner_lr": "the inner learning rate", "steps": "the lower level's steps"}[self.what]
+        return {"inner_lr": "the inner learning rate", "steps": "the lower level's steps",
+                "outer_steps": "the run's outer steps"}[self.what]
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,10 @@ class Param:
     choices: tuple = ()            # str: the words it may be (written bare, strategy=s2, or quoted)
     quoted: bool = False           # choices are shown quoted, as a program usually writes them
     pattern: str | None = None     # str, or a list's str items: a regular expression the whole value matches
-    item: type = float             # list: what its items are, numbers (bounded as above) or str
+    item: type = float             # list: what its items are, numbers (bounded as above), int or str
     length: int | None = None      # list: exactly this many items
     ordered: bool = False          # list: a range [low, high] with low <= high
+    increasing: bool = False       # list: each item greater than the one before
     total_at_most: float | None = None  # list: the numbers add up to at most this
     words: str | None = None       # how the row is described, where the generated words read badly
     quiet: bool = False            # left out of the pipeline's text while it has its default
@@ -87,6 +89,7 @@ class Param:
             return (isinstance(value, list) and bool(value) and all(self._item_fits(v) for v in value)
                     and (self.length is None or len(value) == self.length)
                     and (not self.ordered or value == sorted(value))
+                    and (not self.increasing or all(a < b for a, b in zip(value, value[1:])))
                     and (self.total_at_most is None or sum(value) <= self.total_at_most + 1e-9))
         if self.type is int and not isinstance(value, int):
             return False
@@ -96,7 +99,9 @@ class Param:
         return isinstance(value, str) and (self.pattern is None or re.fullmatch(self.pattern, value) is not None)
 
     def _item_fits(self, value) -> bool:
-        return self._matches(value) if self.item is str else self._in_bounds(value)
+        if self.item is str:
+            return self._matches(value)
+        return self._in_bounds(value) and (self.item is not int or isinstance(value, int))
 
     def _in_bounds(self, value) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -149,6 +154,7 @@ def rows(*params: Param) -> dict[str, Param]:
 # --- the settings of a program's blocks -------------------------------------------------
 
 STEPS = count("steps", REQUIRED)   # the lower level's inner steps per outer step
+CLIP = positive("clip")            # the largest global norm of the hypergradient the upper optimiser takes
 
 RUN = rows(
     count("outer_steps", 100),

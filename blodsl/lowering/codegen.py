@@ -242,16 +242,23 @@ class Emitter:
             self.emit(f'"{m.name}": {self.layer(m.spec, m.name)},{self.at(m.line)}', 4)
         self.close_dict(decl.models)
         opt = decl.optimizer
-        args = ", ".join(f"{k}={self.value(v)}" for k, v in opt.args.items())
         if decl.level == "upper":
-            self.emit(f"optimizer=({lit(opt.name)}, {{{', '.join(f'{lit(k)}: {self.value(v)}' for k, v in opt.args.items())}}}),"
-                      f"{self.at(opt.line)}", 3)
+            self.emit(f"optimizer={self.torch_class(opt)},{self.at(opt.line)}", 3)
+            if decl.scheduler is not None:
+                self.emit(f"scheduler={self.torch_class(decl.scheduler)},{self.at(decl.scheduler.line)}", 3)
+            if decl.clip is not None:
+                self.emit(f"clip={lit(decl.clip.norm)},{self.at(decl.clip.line)}", 3)
         else:
+            args = ", ".join(f"{k}={self.value(v)}" for k, v in opt.args.items())
             self.emit(f"optimizer=rt.inner.{opt.name}({args}),{self.at(opt.line)}", 3)
             start = decl.start
             source = f", start_from={lit(start.source)}" if start.source else ""
             self.emit(f"steps={decl.steps}, start={lit(start.mode)}{source},{self.at(start.line)}", 3)
         self.emit(")", 2)
+
+    def torch_class(self, call: ir.Optimizer | ir.Scheduler) -> str:
+        """("Adam", {"lr": 0.1}): a torch class by name and its keyword arguments, built by the runtime."""
+        return f"({lit(call.name)}, {{{', '.join(f'{lit(k)}: {self.value(v)}' for k, v in call.args.items())}}})"
 
     def open_dict(self, name: str, items: list):
         self.emit(f"{name}={{" + ("" if items else "},"), 3)

@@ -143,7 +143,7 @@ def run(program: ir.Program, source: Source, settings: list[str], *, compile: bo
                     _scalars(writer, record)
                 first_step_done = first_step_done or time.perf_counter()
                 bar.update(1)
-                if len(record) > 4:  # metrics were evaluated at this step
+                if any(name in record for name in pipeline.problem.metrics):   # evaluated at this step
                     shown = "  ".join(f"{key} {_fmt(v)}" for key, v in record.items() if key != "step")
                     bar.write(f"step {k:>{len(str(total))}}/{total}  {shown}",
                               file=sys.stderr if as_json else sys.stdout)

@@ -2,7 +2,7 @@
 
 The trainer lowers the program's operators to a plan (blodsl.runtime.operators),
 builds the plan's method and its kernels, and runs outer steps: it asks the method
-for the step's outcome, steps the upper optimiser along its direction, and takes
+for the step's outcome, has the upper update (upper.py) step along its direction, and takes
 the method's lower variables and auxiliary state. It knows no operator by name.
 """
 
@@ -26,6 +26,7 @@ from .operators import Batch, Context, Plan
 from .operators import lower as lower_plan
 from .operators.trajectory import inner_loop, trajectory_kernels
 from .problem import BuildError, Level, Problem
+from .upper import UpperUpdate, load_keeping_settings, torch_optimizer
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 HEAVY_STEP = 2**20   # data elements an inner step reads beyond which one compiled call's overhead is noise
@@ -89,12 +90,12 @@ class Pipeline:
         self.method = plan.method(plan)
         self.compile = compile
         self.kernels = compile_kernels(self.method.kernels(self.objectives), self.task_dims, compile)
-        self.outer_optimizer = self._optimizer(upper.optimizer, trees.leaves(self.x))
+        self.upper_update = UpperUpdate(upper, trees.leaves(self.x), self.method.upper_lr_scale)
         self.start = None
         if plan.learned_start_lr is not None:       # DI learns the lower level's starting point
             self.start = trees.clone(self.y)
             name, args = upper.optimizer
-            self.start_optimizer = self._optimizer((name, {**args, "lr": plan.learned_start_lr}),
+            self.start_optimizer = torch_optimizer((name, {**args, "lr": plan.learned_start_lr}),
                                                    trees.leaves(self.start))
         self.state = self.method.init_state(self.y)
         self.steps_done = 0
@@ -111,12 +112,6 @@ class Pipeline:
     def _step_seed(self) -> int:
         """A seed of this run's current outer step, for what the step draws at random."""
         return self.seed * 1_000_003 + self.steps_done
-
-    def _optimizer(self, spec, params):
-        name, args = spec
-        cls = getattr(torch.optim, name)
-        args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
-        return cls(params, **args)
 
     def _heavy_steps(self) -> bool:
         """Whether one inner step costs far more than a compiled call (on a CPU; a GPU step is
@@ -182,8 +177,8 @@ class Pipeline:
         return out
 
     def hypergradient(self) -> dict[str, torch.Tensor]:
-        """dF/dx at the current state (the direction the upper optimiser is handed), by name;
-        changes nothing."""
+        """dF/dx at the current state (the direction the upper update takes, before any clipping), by
+        name; changes nothing."""
         d = self._data(self.problem.data_used, self.steps_done)
         return trees.flat_names(self._outcome(self._context(), d, self._start_point(self.x, self.tasks)).upper_grad)
 
@@ -195,10 +190,7 @@ class Pipeline:
         norm = torch.sqrt(sum((g * g).sum() for g in trees.leaves(out.upper_grad)))
         self._guard(ctx, d, y0, [("lower", out.lower), ("lower_objective", out.lower_loss),
                                  ("upper_objective", out.upper_loss), ("hypergradient", (out.upper_grad, norm))])
-        for p, g in zip(trees.leaves(self.x), trees.leaves(out.upper_grad)):
-            p.grad = g
-        with _scaled_lr(self.outer_optimizer, self.method.upper_lr_scale(self.steps_done)):
-            self.outer_optimizer.step()
+        self.upper_update.step(out.upper_grad, self.steps_done, out.upper_loss)
         if self.start is not None:
             for p, g in zip(trees.leaves(self.start), trees.leaves(out.start_grad)):
                 p.grad = g
@@ -209,7 +201,8 @@ class Pipeline:
         self.y = trees.detach(y)
         self.steps_done += 1
         return {"step": self.steps_done, "upper_objective": out.upper_loss.item(),
-                "lower_objective": out.lower_loss.item(), "hypergradient_norm": norm.item()}
+                "lower_objective": out.lower_loss.item(), "hypergradient_norm": norm.item(),
+                **self.upper_update.record()}
 
     def _guard(self, ctx: Context, d, y0, values: list[tuple[str, object]]):
         """Stops the run at its first NaN or infinity, naming it, where it arose and what to change."""
@@ -219,7 +212,7 @@ class Pipeline:
         quantity, kind = bad
         inner_step = self.method.first_non_finite_step(ctx, self.x, y0, d) if quantity.startswith("lower") else None
         name, args = self.upper_decl.optimizer
-        upper_lr = self.outer_optimizer.param_groups[0]["lr"]     # as it stands, schedules included
+        upper_lr = self.upper_update.optimizer.param_groups[0]["lr"]     # as it stands, schedules included
         hint = (f"lower the learning rates involved (upper {name} lr={upper_lr:g}, inner "
                 f"{type(self.inner).__name__} lr={self.inner.lr:g})")
         raise diverged(quantity, kind, self.steps_done + 1, hint, inner_step)
@@ -335,8 +328,7 @@ class Pipeline:
 
     def state_dict(self) -> dict:
         state = {"upper": trees.clone(self.upper), "lower": trees.clone(self.lower),
-                 "outer_optimizer": copy.deepcopy(self.outer_optimizer.state_dict()), "steps_done": self.steps_done,
-                 "method": trees.clone(self.state)}
+                 **self.upper_update.state_dict(), "steps_done": self.steps_done, "method": trees.clone(self.state)}
         if self.start is not None:
             state["start"] = trees.clone(trees.flat_names(self.start))
             state["start_optimizer"] = copy.deepcopy(self.start_optimizer.state_dict())
@@ -348,18 +340,18 @@ class Pipeline:
             missing = set(mine) ^ set(saved)
             if missing:
                 raise BuildError(f"the saved state does not match this program: {', '.join(sorted(missing))}")
+        self.upper_update.load_state_dict(state)   # first: it checks the saved schedule against the program's
         with torch.no_grad():
-            for name, t in self.upper.items():   # in place: the outer optimiser holds these tensors
+            for name, t in self.upper.items():   # in place: the upper optimiser holds these tensors
                 t.copy_(state["upper"][name])
         # the lower level may carry a task dimension after a step: take it as saved
         self.y = trees.by_name(self.y, {k: v.to(self.device, self.dtype) for k, v in state["lower"].items()})
-        _load_keeping_settings(self.outer_optimizer, state["outer_optimizer"])
         self.state = trees.tree_map(lambda t: t.to(self.device, self.dtype), state.get("method", {}))
         if self.start is not None and "start" in state:
             with torch.no_grad():
                 for name, t in trees.flat_names(self.start).items():
                     t.copy_(state["start"][name])
-            _load_keeping_settings(self.start_optimizer, state["start_optimizer"])
+            load_keeping_settings(self.start_optimizer, state["start_optimizer"])
         self.steps_done = state["steps_done"]
 
 
@@ -370,31 +362,6 @@ class Sizes(dict):
         dataset, _, size = key.partition(".")
         why = " (its targets are not class labels)" if size == "classes" else ""
         raise DataError(f"dataset '{dataset}' has no size '{size}'{why}")
-
-
-def _load_keeping_settings(optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """The saved optimiser state (moments, step counts) under this program's settings (its lr,
-    betas, ...): a run resumed with `--set upper.optimizer.lr=...` steps at the new lr."""
-    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(saved)
-    for group, mine in zip(optimizer.param_groups, settings):
-        group.update(mine)
-
-
-@contextlib.contextmanager
-def _scaled_lr(optimizer: torch.optim.Optimizer, factor: float):
-    """The optimiser's learning rates times `factor` for one step (a method's schedule)."""
-    if factor == 1.0:
-        yield
-        return
-    saved = [group["lr"] for group in optimizer.param_groups]
-    for group in optimizer.param_groups:
-        group["lr"] = group["lr"] * factor
-    try:
-        yield
-    finally:
-        for group, lr in zip(optimizer.param_groups, saved):
-            group["lr"] = lr
 
 
 def _reset(module: torch.nn.Module) -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """What a generated module declares, and the base class its `Problem` extends.
 
 A generated module subclasses `Problem`: it loads the data, declares each
-level (variables, models, optimiser) and writes the objectives and metrics as
+level (variables, models, optimiser; the upper one's schedule and clipping) and writes the objectives and metrics as
 methods over pytrees `upper`, `lower` and `data`. The engine does the rest.
 """
 
@@ -71,6 +71,8 @@ class Level:
     variables: dict[str, Init | Bound]
     models: dict[str, nn.Module]
     optimizer: Any                   # upper: (torch.optim name, kwargs); lower: an inner optimiser
+    scheduler: tuple[str, dict] | None = None   # upper: (torch.optim.lr_scheduler name, kwargs)
+    clip: float | None = None        # upper: the largest global norm of the hypergradient
     steps: int = 0
     start: str = "warm"              # warm, reinit, from, or learned (DI's)
     start_from: str | None = None    # the upper name the lower level starts from

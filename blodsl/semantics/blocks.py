@@ -3,7 +3,7 @@
 from ..catalogue.params import RUN
 
 BLOCKS = ("data", "upper", "lower", "run")
-LEVEL_SETTINGS = {"upper": ("objective", "optimizer"),
+LEVEL_SETTINGS = {"upper": ("objective", "optimizer", "scheduler", "clip"),
                   "lower": ("objective", "optimizer", "steps", "start")}
 RUN_SETTINGS = (*RUN, "baseline")
 TOP_SETTINGS = ("hypergradient",)

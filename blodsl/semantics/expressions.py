@@ -204,6 +204,7 @@ def _builtin_use(name: str, kind: str) -> str | None:
             "initialiser": f"declare a variable in a level block: `var w = {name}(...)`",
             "data source": f"declare data in the data block: `train, test = {name}(...)`",
             "optimiser": f"set it in a level block: `optimizer = {name}(lr=...)`",
+            "scheduler": f"set it in the upper block: `scheduler = {name}(...)`",
             "function": f"call it: {name}(...)",
             "metric": f"use it in the run block: `metric m = {name}(...)`"}.get(kind)
 

@@ -1,12 +1,13 @@
-"""The upper and lower blocks: variables, models, objective, optimiser, and for
-the lower level its steps and how it starts."""
+"""The upper and lower blocks: variables, models, objective, optimiser, for the
+upper level its learning-rate schedule and clipping, and for the lower level its
+steps and how it starts."""
 
 from __future__ import annotations
 
 from .. import ir
-from ..catalogue.builtins import (INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, NOT_UPPER_OPTIMIZERS, SEQUENTIAL,
-                                  TORCH_OPTIMIZERS)
-from ..catalogue.params import STEPS
+from ..catalogue.builtins import (HAS_MOMENTUM, INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, NOT_SCHEDULERS,
+                                  NOT_UPPER_OPTIMIZERS, SCHEDULERS, SEQUENTIAL, TORCH_OPTIMIZERS)
+from ..catalogue.params import CLIP, STEPS, FromProgram
 from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from .blocks import LEVEL_SETTINGS
@@ -24,6 +25,7 @@ class LevelBlock:
         self.expressions = expressions
         self.level = level
         self.declared: list = []   # ir.Variable or ir.Model; None for a declaration reported as wrong
+        self.scheduler_keywords: dict[str, ast.Keyword] = {}   # as written, for follow_run's messages
 
     def declare(self, block: ast.Block):
         """Declares variables and models first, so objectives may name them in any order."""
@@ -176,16 +178,21 @@ class LevelBlock:
             return None  # a declaration was wrong and has been reported
         objective = self.objective(settings["objective"]) if "objective" in settings else None
         optimizer = self.optimizer(settings["optimizer"]) if "optimizer" in settings else None
-        steps = start = None
+        steps = start = scheduler = clip = None
         if self.level == "lower":
             if "steps" in settings:
                 steps = checked_value(self.scope, STEPS, settings["steps"].value, "steps")
             start = self.start(settings.get("start"))
-        if None in (objective, optimizer) or NO_VALUE in (steps, start) or (self.level == "lower" and None in (steps, start)):
+        else:
+            scheduler = self.scheduler(settings["scheduler"], optimizer) if "scheduler" in settings else None
+            clip = self.clip(settings["clip"]) if "clip" in settings else None
+        if (None in (objective, optimizer) or NO_VALUE in (steps, start, scheduler, clip)
+                or (self.level == "lower" and None in (steps, start))):
             return None
         return ir.LevelDecl(level=self.level, variables=[d for d in declared if isinstance(d, ir.Variable)],
                             models=[d for d in declared if isinstance(d, ir.Model)], objective=objective,
-                            optimizer=optimizer, steps=steps, start=start, line=block.span.line)
+                            optimizer=optimizer, scheduler=scheduler, clip=clip, steps=steps, start=start,
+                            line=block.span.line)
 
     def objective(self, setting: ast.Setting) -> ir.Objective | None:
         resolved = self.expressions.expr(setting.value, metric=False)
@@ -199,8 +206,7 @@ class LevelBlock:
 
     def optimizer(self, setting: ast.Setting) -> ir.Optimizer | None:
         value = setting.value
-        name = value.func.id if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) else \
-            value.id if isinstance(value, ast.Name) else None
+        name = _called(value)
         known = INNER_OPTIMIZERS if self.level == "lower" else TORCH_OPTIMIZERS
         if name not in known:
             if self.level == "upper" and name in NOT_UPPER_OPTIMIZERS:
@@ -231,6 +237,61 @@ class LevelBlock:
                 return None
         return ir.Optimizer(name=name, args=args, line=setting.span.line)
 
+    def scheduler(self, setting: ast.Setting, optimizer: ir.Optimizer | None):
+        """The upper learning rate's schedule: a torch.optim.lr_scheduler class by name, or NO_VALUE."""
+        value = setting.value
+        name = _called(value)
+        if name in NOT_SCHEDULERS:
+            self.scope.error(f"{name} cannot be the upper scheduler: {NOT_SCHEDULERS[name]}", value.span,
+                             fix="for a warm-up write LinearLR(start_factor=0.1, total_iters=...), for a warm-up "
+                                 "then annealing OneCycleLR(max_lr=...)")
+            return NO_VALUE
+        if name not in SCHEDULERS:
+            self.scope.error(f"unknown scheduler {name!r}" if name else "expected a scheduler, e.g. "
+                             "CosineAnnealingLR(T_max=100)", value.span,
+                             fix=suggest(name or "", SCHEDULERS) or "schedulers: " + ", ".join(SCHEDULERS))
+            return NO_VALUE
+        sig = SCHEDULERS[name]
+        self.scheduler_keywords = {kw.name.text: kw for kw in getattr(value, "kwargs", [])}
+        call = value if isinstance(value, ast.Call) else ast.Call(value, [], [], span=value.span)   # bare `StepLR`
+        args = check_call(self.scope, sig, call)
+        if args is None:
+            return NO_VALUE
+        cycles_momentum = args.get("cycle_momentum", "cycle_momentum" in sig.keywords)  # torch's default: True
+        if cycles_momentum and optimizer is not None and optimizer.name not in HAS_MOMENTUM:
+            self.scope.error(f"{name} cycles the upper optimiser's momentum, and {optimizer.name} has none",
+                             value.span, fix="write cycle_momentum=False, or use an optimiser with a momentum: "
+                                             + ", ".join(sorted(HAS_MOMENTUM)))
+            return NO_VALUE
+        return ir.Scheduler(name=name, args=args, line=setting.span.line)
+
+    def follow_run(self, upper: ir.LevelDecl, run: ir.Run) -> ir.LevelDecl | None:
+        """The upper level with its scheduler's arguments that follow the run block: OneCycleLR's
+        total_steps is the run's outer steps unless written, and if written no fewer (torch stops
+        at a step past the schedule's end). None when that was reported."""
+        scheduler = upper.scheduler
+        if scheduler is None:
+            return upper
+        args = dict(scheduler.args)
+        for row in SCHEDULERS[scheduler.name].keywords.values():
+            if row.default != FromProgram("outer_steps"):
+                continue
+            if row.name not in args:
+                args[row.name] = run.outer_steps
+            elif args[row.name] < run.outer_steps:
+                self.scope.error(f"{scheduler.name}'s schedule ends after {row.name}={args[row.name]} outer steps, "
+                                 f"before the run's {run.outer_steps}", self.scheduler_keywords[row.name].value.span,
+                                 fix=f"leave {row.name} out (it follows the run's outer steps), or make it at least "
+                                     f"{run.outer_steps}")
+                return None
+        return upper.model_copy(update={"scheduler": scheduler.model_copy(update={"args": args})})
+
+    def clip(self, setting: ast.Setting):
+        norm = checked_value(self.scope, CLIP, setting.value, "clip",
+                             fix="clip is the largest norm the hypergradient keeps, e.g. `clip = 1.0`; "
+                                 "leave it out not to clip")
+        return NO_VALUE if norm is NO_VALUE else ir.Clip(norm=norm, line=setting.span.line)
+
     def start(self, setting: ast.Setting | None):
         if setting is None:
             return ir.Start(mode="warm")  # the pipeline may change the default (DI: reinit)
@@ -253,3 +314,10 @@ class LevelBlock:
                 self.scope.error(f"start must be warm, reinit or from(model), not {mode!r}", value.span, fix=fix)
             return NO_VALUE
         return ir.Start(mode=mode, line=setting.span.line)
+
+
+def _called(value: ast.Expr) -> str | None:
+    """The name an optimiser or scheduler setting calls (`Adam(lr=0.1)`, or bare `Adam`)."""
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
+        return value.func.id
+    return value.id if isinstance(value, ast.Name) else None

@@ -75,6 +75,9 @@ def _program(scope: Scope, file: ast.File) -> ir.Program | None:
     run = RunBlock(scope, expressions).resolve(blocks.get("run"))
     if None in (upper, lower, written, run) or scope.has_errors():
         return None
+    upper = levels["upper"].follow_run(upper, run)
+    if upper is None:
+        return None
     lower = check_program(scope, Facts(upper, lower, written, blocks, datasets))
     chain = operator_chain(written, lower, top["hypergradient"].span.line)
     return ir.Program(path=scope.source.path, imports=imports, datasets=datasets, upper=upper, lower=lower,

@@ -21,10 +21,13 @@ from ..syntax.diagnostics import BloError
 from ..syntax.parser import parse
 from ..syntax.source import Source, Span
 
-# (block, setting) pairs a key `block.setting` may replace
-BLOCK_SETTINGS = {"lower": ("steps", "start"), "run": tuple(RUN)}
+# (block, setting) pairs a key `block.setting` may replace (or add)
+BLOCK_SETTINGS = {"upper": ("scheduler", "clip"), "lower": ("steps", "start"), "run": tuple(RUN)}
+# (block, call) pairs whose keyword arguments a key `block.call.ARG` may replace (or add)
+CALL_SETTINGS = {"upper": ("optimizer", "scheduler"), "lower": ("optimizer",)}
 KEYS = (*(f"{block}.{key}" for block, keys in BLOCK_SETTINGS.items() for key in keys),
-        "upper.optimizer.ARG", "lower.optimizer.ARG", "OPERATOR.PARAM (e.g. CG.k)")
+        *(f"{block}.{call}.ARG" for block, calls in CALL_SETTINGS.items() for call in calls),
+        "OPERATOR.PARAM (e.g. CG.k)")
 
 
 class BadSetting(ValueError):
@@ -77,8 +80,8 @@ def apply(file: ast.File, settings: list[Override]) -> tuple[ast.File, list[Span
         parts = setting.key.split(".")
         if len(parts) == 2 and parts[1] in BLOCK_SETTINGS.get(parts[0], ()):
             items, span = _set_in_block(items, parts[0], parts[1], setting)
-        elif len(parts) == 3 and parts[0] in ("upper", "lower") and parts[1] == "optimizer":
-            items, span = _set_optimizer_argument(items, parts[0], parts[2], setting)
+        elif len(parts) == 3 and parts[1] in CALL_SETTINGS.get(parts[0], ()):
+            items, span = _set_call_argument(items, parts[0], parts[1], parts[2], setting)
         elif len(parts) == 2 and parts[0] in BY_NAME:
             items, span = _set_operator_parameter(items, parts[0], parts[1], setting)
         else:
@@ -132,12 +135,14 @@ def _setting(key: str, setting: Override, span: Span) -> ast.Setting:
     return ast.Setting(ast.Ident(key, span=span), _value(setting, span), span=span)
 
 
-def _set_optimizer_argument(items: list, level: str, arg: str, setting: Override):
+def _set_call_argument(items: list, level: str, key: str, arg: str, setting: Override):
+    """A keyword argument of the level's `optimizer = ...` or `scheduler = ...`."""
     block = next((i for i, item in enumerate(items) if isinstance(item, ast.Block) and item.kind.text == level), None)
     body = list(items[block].body) if block is not None else []
-    found = next((i for i, s in enumerate(body) if isinstance(s, ast.Setting) and s.key.text == "optimizer"), None)
+    found = next((i for i, s in enumerate(body) if isinstance(s, ast.Setting) and s.key.text == key), None)
     if found is None or not isinstance(body[found].value, (ast.Name, ast.Call)):
-        raise BadSetting(f"--set {setting.key}: the {level} level has no optimizer to set an argument of")
+        add = f"; add one with --set {level}.{key}=NAME(...)" if key in BLOCK_SETTINGS[level] else ""
+        raise BadSetting(f"--set {setting.key}: the {level} level has no {key} to set an argument of{add}")
     call, span = _with_keyword(body[found].value, arg, setting)
     body[found] = replace(body[found], value=call)
     return _replaced(items, block, replace(items[block], body=body)), span
