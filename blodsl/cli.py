@@ -194,10 +194,10 @@ KEPT_ON_RESUME = ("run.seed", "run.dtype")
 
 
 def _run(args) -> int:
-    from .runs.folder import NotARunFolder, RunFolder
+    from .runs.folder import NotARunFolder, RunFolder, program_hash
 
     settings = args.settings + [f"run.{name}={getattr(args, name)}" for name in FLAGS if getattr(args, name) is not None]
-    resume, path = None, args.file
+    resume, path, recorded = None, args.file, {}
     if args.resume:
         if args.out:
             return _usage("--resume continues a run in its own folder; --out does not go with it")
@@ -210,18 +210,13 @@ def _run(args) -> int:
         if changed:
             return _usage(f"a resumed run keeps its seed and dtype ({', '.join(changed)} would start another run); "
                           "start a new run instead")
-        settings = recorded["settings"] + settings
-        path = path or recorded["program_file"]
+        new_settings, settings = settings, recorded["settings"] + settings
+        path = path or _as_given(recorded)
     elif path is None:
         return _usage("run needs a program (FILE), or --resume DIR")
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         return _usage(f"'{out}' already exists and is not empty; choose a new run folder")
-    if args.device and args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            return _usage(f"--device {args.device}: this machine has no CUDA GPU; use --device cpu")
     tensorboard = None
     if args.tensorboard is not None:
         if importlib.util.find_spec("tensorboard") is None:
@@ -231,17 +226,44 @@ def _run(args) -> int:
     if isinstance(checked, int):
         return checked
     program = checked.program
-    if resume is not None:
-        from .runs.loop import program_hash
+    if program.run.device.startswith("cuda"):
+        import torch
 
+        if not torch.cuda.is_available():
+            return _usage(f"device {program.run.device}: this machine has no CUDA GPU; use --device cpu")
+    if resume is not None:
         if program_hash(checked.source.text) != recorded["program_sha256"]:
             return _usage(f"'{path}' has changed since the run in {resume.path} started; a run resumes the program "
                           "it began with: restore it, or start a new run")
+        refused = _schedule_kept(program, new_settings)
+        if refused:
+            return _usage(refused)
     return _train(args, program, checked.source, settings, out, resume, tensorboard)
 
 
+def _as_given(recorded: dict) -> str:
+    """The resumed program's path as the run was given it, where that still names the same file."""
+    given = Path(recorded["program"])
+    return str(given) if given.resolve() == Path(recorded["program_file"]) else recorded["program_file"]
+
+
+def _schedule_kept(program: ir.Program, new_settings: list[str]) -> str | None:
+    """A learning-rate schedule goes on as saved: settings that would change it are refused."""
+    schedule = program.upper.scheduler
+    if schedule is None:
+        return None
+    keys = [s.partition("=")[0].strip() for s in new_settings]
+    touched = [k for k in keys if k.startswith(("upper.optimizer", "upper.scheduler"))
+               or (k == "run.outer_steps" and schedule.name == "OneCycleLR")]
+    if not touched:
+        return None
+    return (f"the upper learning rate follows {schedule.name}, which a resumed run takes up as saved: "
+            f"{', '.join(touched)} would not change it; start a new run to change the schedule")
+
+
 def _train(args, program, source, settings, out, resume, tensorboard) -> int:
-    from .runs.loop import Interrupted, run
+    from .runs.folder import NotARunFolder
+    from .runs.loop import Interrupted, ResumeRefused, run
     from .runtime import BuildError
     from .runtime.data import DataError
     from .runtime.operators import RunError
@@ -251,6 +273,8 @@ def _train(args, program, source, settings, out, resume, tensorboard) -> int:
             baseline=not args.no_baseline, resume=resume, tensorboard=tensorboard)
     except BloError as e:   # an objective or metric that cannot be computed, found before the first step
         return _invalid(e, program.path)
+    except (ResumeRefused, NotARunFolder) as e:
+        return _usage(str(e))
     except (BuildError, DataError, RunError) as e:
         line = _lines(program).get(getattr(e, "where", None), (None,))[0]
         notes = "".join(f"\n  {note}" for note in getattr(e, "__notes__", ()))
@@ -258,6 +282,10 @@ def _train(args, program, source, settings, out, resume, tensorboard) -> int:
         return EXIT_INVALID
     except Interrupted as e:
         print(f"\ninterrupted: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted before training began (or during the baseline, after the last checkpoint)",
+              file=sys.stderr)
         return 130
     except Exception as e:
         where = _blame(e, program)
@@ -279,9 +307,11 @@ def _plot(args) -> int:
 
     try:
         folders = [RunFolder.open(Path(run)) for run in args.runs]
+        out = plot_runs(folders, Path(args.output))
     except NotARunFolder as e:
         return _usage(str(e))
-    out = plot_runs(folders, Path(args.output))
+    except OSError as e:
+        return _usage(f"cannot write '{args.output}': {e.strerror or e}")
     print(f"wrote {out}", file=sys.stderr)
     return EXIT_OK
 

@@ -174,7 +174,7 @@ def test_asking_for_a_gpu_on_a_machine_without_one(in_root):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     status, _, err = run_cli("run", "programs/ridge_regression.blo", *SHORT, "--device", "cuda")
-    assert status == 2 and "--device cuda: this machine has no CUDA GPU; use --device cpu" in err
+    assert status == 2 and "device cuda: this machine has no CUDA GPU; use --device cpu" in err
 
 
 def test_a_users_own_module_and_function(tmp_path, monkeypatch):

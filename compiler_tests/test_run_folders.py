@@ -147,8 +147,8 @@ def test_a_run_diverging_at_once_resumes_from_its_start_with_a_smaller_learning_
     path = write(tmp_path, "p.blo", program(steps="steps = 2"))
     out = tmp_path / "run"
     status, _, err = run_cli("run", str(path), *EAGER, "--out", str(out), "--outer-steps", "3",
-                             "--set", "lower.optimizer.lr=1e30")
-    assert status == 1 and "at outer step 1" in err and "the last good checkpoint (the start)" in err
+                             "--set", "lower.optimizer.lr=1e38")
+    assert status == 1 and "of outer step 1:" in err and "the last good checkpoint (the start)" in err
     assert not (out / "state.pt").exists() and records(out) == []
     status, _, err = run_cli("run", "--resume", str(out), *EAGER, "--set", "lower.optimizer.lr=0.5")
     assert status == 0, err
@@ -210,3 +210,80 @@ def test_a_user_module_beside_the_program_is_found_from_anywhere(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     status, _, err = run_cli("run", str(path.relative_to(tmp_path)), *EAGER, "--out", "run", "--outer-steps", "1")
     assert status == 0, err
+
+
+def test_two_programs_with_modules_of_one_name_each_get_their_own(tmp_path):
+    import blodsl
+
+    values = []
+    for scale in ("1.0", "3.0"):
+        folder = tmp_path / f"p{scale}"
+        folder.mkdir()
+        (folder / "helpers_mod.py").write_text(f"def extra(w):\n    return {scale} * (w ** 2).mean()\n")
+        text = 'import "helpers_mod:extra" as extra\n' + program(steps="steps = 2").replace(
+            "objective = cross_entropy(net(val.x), val.y)", "objective = cross_entropy(net(val.x), val.y) + extra(w + 1)")
+        path = write(folder, "p.blo", text)
+        values.append(blodsl.compile(path, compile=False).upper_objective())
+    assert values[1] > values[0]
+
+
+def test_a_finished_run_is_not_run_again_and_cannot_shrink(tmp_path):
+    path = write(tmp_path, "p.blo", program(steps="steps = 2"))
+    out = tmp_path / "run"
+    assert run_cli("run", str(path), *EAGER, "--out", str(out), "--outer-steps", "3")[0] == 0
+    before = summary(out)
+    status, stdout, _ = run_cli("run", "--resume", str(out), *EAGER)
+    assert status == 0 and "has done its 3 outer steps" in stdout
+    assert summary(out)["finished"] == before["finished"] and [r["step"] for r in records(out)] == [1, 2, 3]
+    status, _, err = run_cli("run", "--resume", str(out), *EAGER, "--outer-steps", "2")
+    assert status == 2 and "has done 3 outer steps; --outer-steps must be at least that" in err
+    status, _, err = run_cli("run", "--resume", str(out), *EAGER, "--outer-steps", "5")
+    assert status == 0 and [r["step"] for r in records(out)] == [1, 2, 3, 4, 5]
+
+
+def test_a_method_s_own_variables_are_guarded_too(tmp_path):
+    """DM's multiplier overflowing is named as such, with DM's own step size to change, and no
+    checkpoint holds it."""
+    path = write(tmp_path, "dm.blo", program(steps="steps = 1", hypergradient="hypergradient = DM(v_lr=1e30) -> RAD"))
+    out = tmp_path / "run"
+    status, _, err = run_cli("run", str(path), *EAGER, "--out", str(out), "--outer-steps", "6", "--checkpoint-every", "1")
+    assert status == 1 and "the DualMultiplier's own variables (v) became" in err and "--set DM.v_lr=..." in err
+    from torch.utils._pytree import tree_leaves
+
+    assert all(torch.isfinite(t).all() for t in tree_leaves(state(out)["method"]["v"]))
+
+
+def test_a_schedule_is_resumed_as_saved(tmp_path):
+    text = program(steps="steps = 2").replace("optimizer = Adam(lr=0.1)",
+                                              "optimizer = Adam(lr=0.1)\n    scheduler = StepLR(step_size=2)")
+    path = write(tmp_path, "p.blo", text)
+    out = tmp_path / "run"
+    assert run_cli("run", str(path), *EAGER, "--out", str(out), "--outer-steps", "2")[0] == 0
+    status, _, err = run_cli("run", "--resume", str(out), *EAGER, "--outer-steps", "4", "--set", "upper.optimizer.lr=0.5")
+    assert status == 2 and "follows StepLR, which a resumed run takes up as saved: upper.optimizer.lr" in err
+    assert run_cli("run", "--resume", str(out), *EAGER, "--outer-steps", "4")[0] == 0
+
+
+def test_a_run_that_fails_says_so_in_its_record(tmp_path):
+    """A metric that fails only on a later evaluation (a user function) leaves status failed."""
+    (tmp_path / "late.py").write_text("calls = []\ndef late(x):\n    calls.append(1)\n"
+                                      "    if len(calls) > 1:\n        raise ValueError('late')\n    return x.mean()\n")
+    text = 'import "late:late" as late\n' + program(steps="steps = 2").replace(
+        "metric test_accuracy = accuracy(net(test.x), test.y)", "metric m = late(net(test.x))")
+    path = write(tmp_path, "p.blo", text)
+    out = tmp_path / "run"
+    status, _, err = run_cli("run", str(path), *EAGER, "--out", str(out), "--outer-steps", "2")
+    assert status == 1 and "Traceback" not in err
+    assert summary(out)["status"] == "failed" and "late" in summary(out)["error"]
+
+
+def test_a_folder_being_written_is_not_resumed_at_the_same_time(tmp_path):
+    import fcntl
+
+    path = write(tmp_path, "p.blo", program(steps="steps = 2"))
+    out = tmp_path / "run"
+    assert run_cli("run", str(path), *EAGER, "--out", str(out), "--outer-steps", "1")[0] == 0
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        status, _, err = run_cli("run", "--resume", str(out), *EAGER, "--outer-steps", "2")
+    assert status == 2 and f"another blodsl process is writing {out}" in err

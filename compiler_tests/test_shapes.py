@@ -214,3 +214,15 @@ def test_a_user_module_of_the_wrong_width_gets_torchs_message(tmp_path, monkeypa
     # the program does not declare the module's widths: torch's message, at the application
     assert err.startswith("t.blo:7:31: error: net(val.x) failed: mat1 and mat2 shapes cannot be multiplied "
                           "(359x64 and 3x10)\n")
+
+
+def test_a_metric_that_trains_the_lower_level_again_checks_it_on_the_swapped_data(tmp_path, monkeypatch):
+    """`with train = test` re-trains the lower level on test: its objective's clash (sample weights
+    sized by train) is found before the first step, said under the metric, with no misleading fix."""
+    text = program(steps="steps = 2").replace("metric test_accuracy = accuracy(net(test.x), test.y)",
+                                               "metric t = accuracy(net(val.x), val.y) with train = test")
+    status, err = run_in(tmp_path, monkeypatch, text)
+    assert status == 1
+    assert "error: sigmoid(w) * cross_entropy(...): sigmoid(w) has 898 entries but cross_entropy(...) has 539" in err
+    assert "note: under metric t's `with train = test`, which trains the lower level again on the swapped data" in err
+    assert "fix:" not in err

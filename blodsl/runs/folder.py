@@ -11,10 +11,13 @@ leaves every file whole.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import math
 import os
 import platform
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -51,6 +54,10 @@ def write_atomically(path: Path, write) -> None:
     with open(temporary, "rb") as f:
         os.fsync(f.fileno())
     os.replace(temporary, path)
+
+
+def program_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def versions() -> dict:
@@ -93,6 +100,16 @@ class RunFolder:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    @contextmanager
+    def locked(self):
+        """The folder for this process alone while it runs (a second resume would interleave writes)."""
+        with open(self.path / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise NotARunFolder(f"another blodsl process is writing {self.path}") from None
+            yield self
+
     # --- the record -------------------------------------------------------------------------
 
     def summary(self) -> dict:
@@ -116,10 +133,12 @@ class RunFolder:
                 break
         return records
 
-    def keep_records_until(self, step: int) -> None:
-        """The log cut back to steps 1..step, those a resumed run continues after."""
-        lines = "".join(json.dumps(r) + "\n" for r in self.records() if r["step"] <= step)
+    def keep_records_until(self, step: int) -> list[int]:
+        """The log cut back to steps 1..step, those a resumed run continues after; the steps kept."""
+        kept = [r for r in self.records() if r["step"] <= step]
+        lines = "".join(json.dumps(r) + "\n" for r in kept)
         write_atomically(self.file(METRICS), lambda p: p.write_text(lines))
+        return [r["step"] for r in kept]
 
     def log(self):
         """The metrics log, open for appending records (one JSON line each, flushed)."""
@@ -146,6 +165,9 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         self._file.write(json.dumps(json_safe(record)) + "\n")
         self._file.flush()
+
+    def sync(self) -> None:
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()

@@ -2,14 +2,15 @@
 or resume a run folder where its last checkpoint stopped.
 
 A checkpoint (state.pt, written atomically) is taken every `checkpoint_every` outer steps
-(by default after every minute of training), when Ctrl-C asks the run to stop, and at the
+(by default after every minute of training), when Ctrl-C asks the run to stop, once the
+last step is done (before the baseline, which can take as long as the training) and at the
 end. The first non-finite value stops the run (the pipeline raises `Diverged`) and leaves
 the last good checkpoint in place, so the run can be resumed with other settings.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import signal
 import sys
 import time
@@ -19,29 +20,18 @@ from .. import ir
 from ..api import load_module
 from ..lowering.codegen import generate
 from ..syntax.source import Source
-from .folder import CODE, RunFolder, now, versions
+from .folder import CODE, RunFolder, json_safe, now, program_hash, versions, write_atomically
 from .plots import plot_curves
 
 CHECKPOINT_SECONDS = 60   # without checkpoint_every, a checkpoint after every minute of training
 
 
-def program_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    return str(v)
-
-
 class Interrupted(Exception):
-    """Ctrl-C stopped the run; the folder holds a checkpoint to resume from."""
+    """Ctrl-C stopped the run; the message says where its last checkpoint is."""
 
-    def __init__(self, message: str):
-        super().__init__(message)
+
+class ResumeRefused(Exception):
+    """The run folder cannot be resumed as asked; the message says why."""
 
 
 class _StopOnCtrlC:
@@ -64,128 +54,199 @@ class _StopOnCtrlC:
         signal.signal(signal.SIGINT, self.previous)
 
 
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
 def run(program: ir.Program, source: Source, settings: list[str], *, compile: bool, out: Path | None,
         as_json: bool, baseline: bool, resume: RunFolder | None = None, tensorboard: str | None = None) -> dict:
     """Trains the checked program as its run block says; `settings` are the command line's (recorded).
     tensorboard: a folder for event files ("": the run folder's tensorboard/), or None. Raises
     BloError, located in `source`, for an objective or metric that cannot be computed."""
-    from tqdm import tqdm
-
-    from ..runtime import shapes
-    from ..runtime.guard import Diverged
-
     say = (lambda text: print(text, file=sys.stderr)) if as_json else print
-    name = Path(program.path).name
-    code = generate(program)
-    module = load_module(code, program)
     started = time.perf_counter()
-    pipeline = module.build(compile=compile)
+    pipeline, code = _build(program, source, compile)
+    with (resume or RunFolder.create(out, Path(program.path).stem)).locked() as folder:
+        record = Record(folder, pipeline, code, program, source, settings, compile, resumed=resume is not None)
+        if record.already_done():
+            say(f"the run in {folder.path} has done its {pipeline.steps_done} outer steps; "
+                "give --outer-steps N to run longer")
+            return record.summary
+        say(f"{Path(program.path).name}: {program.hypergradient.text}, {program.run.outer_steps} outer steps of "
+            f"{program.lower.steps} inner steps on {pipeline.device} ({str(pipeline.dtype).removeprefix('torch.')}"
+            f"{', compiled' if compile else ', eager'})" + (f", resumed at step {pipeline.steps_done}" if resume else ""))
+        if compile:
+            say("compiling on the first step (a cold compile takes 5 to 40 s; a warm cache a few seconds)")
+        with _StopOnCtrlC(say) as stop:
+            try:
+                last = _train(pipeline, program, record, stop, say, as_json, tensorboard, started)
+                final, compared = _finish(pipeline, record, last, baseline and not stop.asked)
+            except BaseException as e:
+                record.ended(e)
+                raise
+            finally:
+                plot_curves(folder)
+    _report(say, final, compared, time.perf_counter() - started, record.summary, folder)
+    if as_json:
+        print(json.dumps(json_safe({**final, **({"baseline": compared} if compared is not None else {})})))
+    return record.summary
+
+
+def _build(program: ir.Program, source: Source, compile: bool):
+    from ..runtime import shapes
+
+    code = generate(program)
+    pipeline = load_module(code, program).build(compile=compile)
     shapes.check(program, source, pipeline)     # before a run folder exists: nothing is left behind
-    total = program.run.outer_steps
+    return pipeline, code
 
-    if resume is not None:
-        folder, summary = resume, resume.summary()
-        state = folder.load_state()
+
+class Record:
+    """The run folder's record (summary.json) and checkpoints, kept in step with the pipeline."""
+
+    def __init__(self, folder: RunFolder, pipeline, code: str, program: ir.Program, source: Source,
+                 settings: list[str], compile: bool, resumed: bool):
+        self.folder, self.pipeline, self.started = folder, pipeline, time.perf_counter()
+        self.total = program.run.outer_steps
+        now_ = {"device": str(pipeline.device), "versions": versions(), "compiled": compile, "outer_steps": self.total}
+        if resumed:
+            self.summary = folder.summary()
+            self._resume(settings)
+            self.summary.update(now_, settings=settings)
+            self.summary.pop("error", None)
+        else:
+            self.summary = {"program": program.path, "program_file": str(Path(program.path).resolve()),
+                            "program_sha256": program_hash(source.text), "pipeline": program.hypergradient.text,
+                            "settings": settings, "seed": pipeline.seed,
+                            "dtype": str(pipeline.dtype).removeprefix("torch."), **now_, "started": now(),
+                            "status": "running", "steps_done": 0, "seconds": 0.0, "folder": str(folder.path)}
+        self.seconds_before = self.summary["seconds"]
+        write_atomically(folder.file(CODE), lambda p: p.write_text(code))
+        self.write()
+
+    def _resume(self, settings: list[str]) -> None:
+        from ..runtime import BuildError
+
+        state = self.folder.load_state()
         if state is not None:
-            pipeline.load_state_dict(state)
-        folder.keep_records_until(pipeline.steps_done)
-        summary.setdefault("resumed", []).append({"time": now(), "at_step": pipeline.steps_done,
-                                                  "settings": settings[len(summary["settings"]):]})
-        summary.update(settings=settings, outer_steps=total, status="running", compiled=compile)
-    else:
-        folder = RunFolder.create(out, Path(program.path).stem)
-        summary = {"program": program.path, "program_file": str(Path(program.path).resolve()),
-                   "program_sha256": program_hash(source.text), "pipeline": program.hypergradient.text,
-                   "settings": settings, "seed": pipeline.seed, "device": str(pipeline.device),
-                   "dtype": str(pipeline.dtype).removeprefix("torch."), "compiled": compile, "outer_steps": total,
-                   "versions": versions(), "started": now(), "status": "running", "steps_done": 0,
-                   "seconds": 0.0, "folder": str(folder.path)}
-    folder.file(CODE).write_text(code)
-    folder.write_summary(summary)
-    done_before = pipeline.steps_done
-    say(f"{name}: {program.hypergradient.text}, {total} outer steps of {program.lower.steps} inner steps "
-        f"on {pipeline.device} ({str(pipeline.dtype).removeprefix('torch.')}{', compiled' if compile else ', eager'})"
-        + (f", resumed at step {done_before}" if resume is not None else ""))
-    if compile:
-        say("compiling on the first step (a cold compile takes 5 to 40 s; a warm cache a few seconds)")
+            try:
+                self.pipeline.load_state_dict(state)
+            except BuildError as e:
+                raise ResumeRefused(f"the checkpoint in {self.folder.path} does not fit the program as it is set "
+                                    f"now: {e}") from None
+        done = self.pipeline.steps_done
+        if self.total < done:
+            raise ResumeRefused(f"the run in {self.folder.path} has done {done} outer steps; --outer-steps must "
+                                f"be at least that")
+        kept = self.folder.keep_records_until(done)
+        if kept != list(range(1, done + 1)):
+            self.summary["log_gaps"] = sorted(set(range(1, done + 1)) - set(kept))
+        if self.summary.get("status") != "finished" or self.total > done:
+            self.summary.setdefault("resumed", []).append({"time": now(), "at_step": done,
+                                                          "settings": settings[len(self.summary["settings"]):]})
 
-    seconds_before = summary["seconds"]     # of the segments before this one, when resumed
+    def already_done(self) -> bool:
+        return self.summary.get("status") == "finished" and self.pipeline.steps_done >= self.total
 
-    def checkpoint(status: str = "running"):
-        folder.save_state(pipeline.state_dict())
-        summary.update(status=status, steps_done=pipeline.steps_done, checkpoint_at=pipeline.steps_done,
-                       seconds=round(seconds_before + time.perf_counter() - segment_started, 3))
-        folder.write_summary(summary)
+    def write(self, timed: bool = True, **changes) -> None:
+        """The record with `changes`; `seconds` (the training time, over every segment) runs on while timed."""
+        if timed:
+            changes["seconds"] = round(self.seconds_before + time.perf_counter() - self.started, 3)
+        self.summary.update(changes, steps_done=self.pipeline.steps_done)
+        self.folder.write_summary(self.summary)
+
+    def checkpoint(self, log, status: str = "running") -> float:
+        log.sync()                      # the log reaches the disk before the checkpoint that relies on it
+        self.folder.save_state(self.pipeline.state_dict())
+        self.write(status=status, checkpoint_at=self.pipeline.steps_done)
         return time.monotonic()
 
-    every = program.run.checkpoint_every
+    def ended(self, error: BaseException) -> None:
+        """Why the run stopped early, in the record."""
+        from ..runtime.guard import Diverged
+
+        if isinstance(error, Diverged):
+            at = self.summary.get("checkpoint_at")
+            error.add_note(f"the last good checkpoint ({'outer step ' + str(at) if at else 'the start'}) is in "
+                           f"{self.folder.path}; resume from it with other settings, e.g. `blodsl run --resume "
+                           f"{self.folder.path} --set {error.setting}=...`")
+            self.write(status="diverged", error=str(error))
+        elif isinstance(error, (Interrupted, KeyboardInterrupt)):
+            if self.summary.get("status") != "interrupted":
+                self.write(status="interrupted")
+        else:
+            self.write(status="failed", error=f"{type(error).__name__}: {error}")
+
+
+def _train(pipeline, program: ir.Program, record: Record, stop: _StopOnCtrlC, say, as_json: bool,
+           tensorboard: str | None, started: float) -> dict:
+    """The outer steps left; returns the last step's record."""
+    from tqdm import tqdm
+
+    folder, total, every = record.folder, record.total, program.run.checkpoint_every
     writer = None
     if tensorboard is not None:
         from torch.utils.tensorboard import SummaryWriter   # needs the tensorboard package (the CLI checks)
 
         writer = SummaryWriter(str(folder.file("tensorboard") if tensorboard == "" else Path(tensorboard)),
-                               purge_step=done_before + 1 if resume is not None else None)
-    first_step_done = None
-    segment_started = time.perf_counter()
-    last_checkpoint = time.monotonic()
-    record: dict = {}
+                               purge_step=pipeline.steps_done + 1)
+    last, last_checkpoint = {}, time.monotonic()
     try:
-        with folder.log() as log, _StopOnCtrlC(say) as stop, \
-                tqdm(total=total, initial=done_before, desc=name, unit="step", file=sys.stderr, leave=False,
-                     disable=None) as bar:
+        with folder.log() as log, tqdm(total=total, initial=pipeline.steps_done, desc=Path(program.path).name,
+                                       unit="step", file=sys.stderr, leave=False, disable=None) as bar:
             while pipeline.steps_done < total:
-                record = pipeline.step()
+                try:
+                    last = pipeline.step()
+                except KeyboardInterrupt:
+                    raise Interrupted(f"stopped at once; the last checkpoint (outer step "
+                                      f"{record.summary.get('checkpoint_at') or 0}) is in {folder.path}: resume with "
+                                      f"`blodsl run --resume {folder.path}`") from None
                 k = pipeline.steps_done
-                if k % program.run.eval_every == 0 or k == total:
-                    record.update(pipeline.evaluate())
-                log.write({**record, "time": now()})
-                if writer is not None:
-                    _scalars(writer, record)
-                first_step_done = first_step_done or time.perf_counter()
-                bar.update(1)
-                if any(name in record for name in pipeline.problem.metrics):   # evaluated at this step
-                    shown = "  ".join(f"{key} {_fmt(v)}" for key, v in record.items() if key != "step")
+                if pipeline.evaluates_at(k, total):
+                    last.update(pipeline.evaluate())
+                    shown = "  ".join(f"{key} {_fmt(v)}" for key, v in last.items() if key != "step")
                     bar.write(f"step {k:>{len(str(total))}}/{total}  {shown}",
                               file=sys.stderr if as_json else sys.stdout)
+                log.write({**last, "time": now()})
+                if writer is not None:
+                    _scalars(writer, last)
+                record.summary.setdefault("first_step_s", round(time.perf_counter() - started, 3))
+                bar.update(1)
                 if stop.asked and k < total:
-                    checkpoint("interrupted")
+                    record.checkpoint(log, "interrupted")
                     raise Interrupted(f"stopped at outer step {k} with a checkpoint; resume with "
                                       f"`blodsl run --resume {folder.path}`")
                 if (every and k % every == 0) or (not every and time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS):
-                    last_checkpoint = checkpoint()
-    except Diverged as e:
-        summary.update(status="diverged", error=str(e))
-        folder.write_summary(summary)
-        at = summary.get("checkpoint_at")
-        e.add_note(f"the last good checkpoint ({'outer step ' + str(at) if at else 'the start'}) is in {folder.path}; "
-                   f"resume from it with other settings, e.g. `blodsl run --resume {folder.path} --set "
-                   f"{e.setting}=...`")
-        raise
-    except KeyboardInterrupt:
-        summary.update(status="interrupted")
-        folder.write_summary(summary)
-        raise Interrupted(f"stopped at once; the last checkpoint (outer step {summary.get('checkpoint_at', 0)}) "
-                          f"is in {folder.path}: resume with `blodsl run --resume {folder.path}`") from None
+                    last_checkpoint = record.checkpoint(log)
+            record.checkpoint(log, "trained")    # before the baseline: the training is safe
     finally:
         if writer is not None:
             writer.close()
+    return last
 
-    training_done = time.perf_counter()
-    final = record or {"step": pipeline.steps_done, **pipeline.evaluate()}   # resumed after its last step
-    # the final state's upper objective, measured as the baseline's is (a step's value is on its own batch)
+
+def _finish(pipeline, record: Record, last: dict, baseline: bool) -> tuple[dict, dict | None]:
+    """The final metrics (the upper objective measured as the baseline's is) and the baseline."""
+    final = last or {"step": pipeline.steps_done, **pipeline.evaluate()}   # resumed after its last step
     final["upper_objective"] = pipeline.upper_objective()
+    record.write(final=final)
     compared, baseline_s = None, None
     if baseline:
+        began = time.perf_counter()
         compared = pipeline.compare()
-        baseline_s = round(time.perf_counter() - training_done, 3) if compared is not None else None
-    checkpoint("finished")
-    summary.update(finished=now(), first_step_s=round((first_step_done or training_done) - started, 3),
-                   final=final, baseline=compared, baseline_s=baseline_s)
-    folder.write_summary(summary)
-    plot_curves(folder)
+        baseline_s = round(time.perf_counter() - began, 3) if compared is not None else None
+    record.write(timed=False, status="finished", finished=now(), baseline=compared, baseline_s=baseline_s)
+    return final, compared
 
-    say(f"done in {time.perf_counter() - started:.1f} s (first step, including the compile: "
-        f"{summary['first_step_s']:.1f} s{f'; baseline: {baseline_s:.1f} s' if baseline_s is not None else ''})")
+
+def _report(say, final: dict, compared: dict | None, seconds: float, summary: dict, folder: RunFolder) -> None:
+    baseline_s = summary.get("baseline_s")
+    say(f"done in {seconds:.1f} s (first step, including the compile: {summary.get('first_step_s', 0):.1f} s"
+        f"{f'; baseline: {baseline_s:.1f} s' if baseline_s is not None else ''})")
     width = max([len(key) for key in final] + [6])
     for key, value in final.items():
         if key == "step":
@@ -200,13 +261,6 @@ def run(program: ir.Program, source: Source, settings: list[str], *, compile: bo
             + (", ".join(f"{key} = {_fmt(v)}" for key, v in held.items()) + " (the best of the grid)" if held
                else "their initial values"))
     say(f"run folder: {folder.path}")
-    if as_json:
-        import json
-
-        from .folder import json_safe
-
-        print(json.dumps(json_safe({**final, **({"baseline": compared} if compared is not None else {})})))
-    return summary
 
 
 def _scalars(writer, record: dict) -> None:

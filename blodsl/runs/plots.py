@@ -7,10 +7,6 @@ from pathlib import Path
 
 from .folder import CURVES, RunFolder
 
-# what tells runs apart, in the order a legend names it
-DIFFERENCES = ("program", "pipeline", "settings", "seed", "dtype", "device")
-
-
 def series(folder: RunFolder) -> dict[str, tuple[list[int], list[float]]]:
     """Each scalar quantity of the metrics log (objectives, metrics) as (steps, values);
     a list-valued metric becomes one series per entry."""
@@ -28,22 +24,26 @@ def series(folder: RunFolder) -> dict[str, tuple[list[int], list[float]]]:
     return out
 
 
+def effective_settings(summary: dict) -> dict[str, str]:
+    """Each setting's value as the run last took it (a resume may set a key again)."""
+    return dict(s.partition("=")[::2] for s in summary.get("settings", []))
+
+
 def labels(folders: list[RunFolder]) -> list[str]:
     """What differs between the runs' records, as one label per run (the folder's name when
     nothing recorded differs)."""
     summaries = [f.summary() for f in folders]
-    differing = [key for key in DIFFERENCES if len({repr(s.get(key)) for s in summaries}) > 1]
-    shared = set.intersection(*(set(s.get("settings", [])) for s in summaries))
+    settings = [effective_settings(s) for s in summaries]
+    keys = sorted({k for ss in settings for k in ss if len({repr(s.get(k)) for s in settings}) > 1})
+    facts = {"program": "program_sha256", "pipeline": "pipeline", "dtype": "dtype", "device": "device"}
+    differing = [name for name, key in facts.items() if len({s.get(key) for s in summaries}) > 1]
+    seed_differs = len({s.get("seed") for s in summaries}) > 1 and "run.seed" not in keys
     out = []
-    for folder, summary in zip(folders, summaries):
-        parts = []
-        for key in differing:
-            value = summary.get(key)
-            if key == "settings":   # only the settings that tell this run apart
-                value = " ".join(v for v in value if v not in shared) or "no other --set"
-            elif key == "program":
-                value = Path(value).name
-            parts.append(f"{key} {value}" if key in ("seed", "dtype", "device") else str(value))
+    for folder, summary, mine in zip(folders, summaries, settings):
+        parts = [Path(summary["program"]).name if name == "program" else
+                 summary[name] if name == "pipeline" else f"{name} {summary[name]}" for name in differing]
+        parts += [f"seed {summary['seed']}"] if seed_differs else []
+        parts += [" ".join(f"{k}={mine[k]}" for k in keys if k in mine) or "no other --set"] if keys else []
         out.append(", ".join(parts) or folder.path.name)
     return out
 
@@ -97,5 +97,6 @@ def plot_runs(folders: list[RunFolder], out: Path) -> Path:
     return out
 
 
-def plot_curves(folder: RunFolder) -> Path:
-    return plot_runs([folder], folder.file(CURVES))
+def plot_curves(folder: RunFolder) -> Path | None:
+    """The run's own picture, if it has logged a step."""
+    return plot_runs([folder], folder.file(CURVES)) if folder.records() else None

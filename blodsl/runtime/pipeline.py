@@ -20,7 +20,7 @@ from torch.func import vmap
 
 from . import inner, trees
 from .data import DataError, TaskSource
-from .guard import diverged, first_non_finite
+from .guard import all_finite, diverged, first_non_finite
 from .kernels import Objectives, compile_kernels
 from .operators import Batch, Context, Plan
 from .operators import lower as lower_plan
@@ -183,39 +183,48 @@ class Pipeline:
         return trees.flat_names(self._outcome(self._context(), d, self._start_point(self.x, self.tasks)).upper_grad)
 
     def step(self) -> dict[str, float]:
-        """One outer iteration; returns the objectives it saw."""
+        """One outer iteration; returns the objectives it saw. Raises Diverged at the first NaN or
+        infinity: nothing of the step is kept if its outcome is not finite; if the upper update
+        itself overflows, the upper variables already hold it (a saved state is the way back)."""
         ctx, d = self._context(), self._data(self.problem.data_used, self.steps_done)
         y0 = self._start_point(self.x, self.tasks)
         out = self._outcome(ctx, d, y0)
-        norm = torch.sqrt(sum((g * g).sum() for g in trees.leaves(out.upper_grad)))
-        self._guard(ctx, d, y0, [("lower", out.lower), ("lower_objective", out.lower_loss),
-                                 ("upper_objective", out.upper_loss), ("hypergradient", (out.upper_grad, norm))])
+        checked = [("lower", out.lower), ("lower_objective", out.lower_loss), ("upper_objective", out.upper_loss),
+                   ("hypergradient", out.upper_grad), ("state", out.state)]
+        # in float64, so that a large but finite direction does not overflow its own norm
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in trees.leaves(out.upper_grad)))
+        finite, upper_loss, lower_loss, norm = torch.stack(
+            [all_finite(checked).double(), out.upper_loss.double(), out.lower_loss.double(), norm]).tolist()
+        if not finite:     # one host sync above; on this rare path, find which value it was
+            self._diverged(ctx, d, y0, checked, self.upper_update.optimizer.param_groups[0]["lr"]
+                           * self.method.upper_lr_scale(self.steps_done))
         self.upper_update.step(out.upper_grad, self.steps_done, out.upper_loss)
         if self.start is not None:
             for p, g in zip(trees.leaves(self.start), trees.leaves(out.start_grad)):
                 p.grad = g
             self.start_optimizer.step()
         y = self.method.after_upper_step(ctx, self.x, out, d, self.steps_done)
-        self._guard(ctx, d, y0, [("upper", self.x), ("lower", y)])
+        moved = [("upper", self.x), ("start", self.start or {})] + ([("lower", y)] if y is not out.lower else [])
+        if not bool(all_finite(moved)):
+            self._diverged(ctx, d, y0, moved, self.upper_update.lr)
         self.state = trees.detach(out.state)
         self.y = trees.detach(y)
         self.steps_done += 1
-        return {"step": self.steps_done, "upper_objective": out.upper_loss.item(),
-                "lower_objective": out.lower_loss.item(), "hypergradient_norm": norm.item(),
-                **self.upper_update.record()}
+        return {"step": self.steps_done, "upper_objective": upper_loss, "lower_objective": lower_loss,
+                "hypergradient_norm": norm, **self.upper_update.record()}
 
-    def _guard(self, ctx: Context, d, y0, values: list[tuple[str, object]]):
-        """Stops the run at its first NaN or infinity, naming it, where it arose and what to change."""
-        bad = first_non_finite(values)
-        if bad is None:
-            return
-        quantity, kind = bad
+    def _diverged(self, ctx: Context, d, y0, values: list[tuple[str, object]], upper_lr: float):
+        """Raises Diverged for the first value that is not finite, saying where it arose and what to change."""
+        quantity, kind = first_non_finite(values)
         inner_step = self.method.first_non_finite_step(ctx, self.x, y0, d) if quantity.startswith("lower") else None
-        name, args = self.upper_decl.optimizer
-        upper_lr = self.upper_update.optimizer.param_groups[0]["lr"]     # as it stands, schedules included
+        name, _ = self.upper_decl.optimizer
         hint = (f"lower the learning rates involved (upper {name} lr={upper_lr:g}, inner "
                 f"{type(self.inner).__name__} lr={self.inner.lr:g})")
-        raise diverged(quantity, kind, self.steps_done + 1, hint, inner_step)
+        raise diverged(quantity, kind, self.steps_done + 1, hint, inner_step, method=self.method)
+
+    def evaluates_at(self, k: int, total: int) -> bool:
+        """Whether the metrics are measured after outer step k of a run of `total` steps."""
+        return k % self.problem.eval_every == 0 or k == total
 
     def evaluate(self, upper: dict | None = None, lower: dict | None = None) -> dict[str, object]:
         """The program's metrics at the current state (or at the given variables)."""
@@ -283,7 +292,7 @@ class Pipeline:
         record: dict = {}
         for i in range(total):
             record = self.step()
-            if (i + 1) % self.problem.eval_every == 0 or i + 1 == total:
+            if self.evaluates_at(i + 1, total):
                 record.update(self.evaluate())
             if callback is not None:
                 callback(record)

@@ -8,6 +8,7 @@ methods over pytrees `upper`, `lower` and `data`. The engine does the rest.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,7 @@ class Problem:
         self.folder = Path(folder)
         self.sizes: dict[str, int] = {}
         self.modules: dict[str, nn.Module] = {}
+        self._beside: dict[Path, object] = {}     # user modules loaded from the program's folder
 
     # --- used by generated code --------------------------------------------------------
 
@@ -116,18 +118,30 @@ class Problem:
         return value
 
     def imported(self, ref: str) -> Callable:
-        """`import "module:name"`: the module is looked for beside the .blo file first, then on
-        the Python path."""
+        """`import "module:name"`: the module is looked for beside the .blo file first (loaded from
+        that file, whatever else of the same name was imported before), then on the Python path."""
         module, _, name = ref.partition(":")
-        folder = str(self.folder.resolve())
-        sys.path.insert(0, folder)
         try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as e:
-            raise BuildError(f"cannot import '{ref}' (looked beside the program, in {folder}, and on the Python "
-                             f"path): {e}") from None
-        finally:
-            sys.path.remove(folder)
+            return getattr(self._module(module), name)
+        except (ImportError, AttributeError, OSError) as e:
+            raise BuildError(f"cannot import '{ref}' (looked beside the program, in {self.folder.resolve()}, and "
+                             f"on the Python path): {e}") from None
+
+    def _module(self, dotted: str):
+        beside = self.folder.resolve() / (dotted.replace(".", "/") + ".py")
+        if not beside.is_file():
+            return importlib.import_module(dotted)
+        if beside not in self._beside:
+            spec = importlib.util.spec_from_file_location(f"blodsl_user_{len(self._beside)}_{beside.stem}", beside)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            sys.path.insert(0, str(beside.parent))   # for the module's own imports of its neighbours
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(beside.parent))
+            self._beside[beside] = module
+        return self._beside[beside]
 
     def model(self, name: str, params: dict) -> Callable:
         """Model `name` applied with the given weights."""

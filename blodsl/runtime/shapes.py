@@ -34,6 +34,7 @@ class Failed(Exception):
 def check(program: ir.Program, source: Source, pipeline) -> None:
     """Raises BloError with a located message for each objective and metric that cannot be computed."""
     shapes = Shapes(program, source, pipeline)
+    shapes.lower_objective = program.lower.objective.expr
     found = [shapes.objective(program.upper), shapes.objective(program.lower)]
     found += [shapes.metric(m) for m in program.run.metrics]
     problems = [d for d in found if d is not None]
@@ -54,11 +55,22 @@ class Shapes(Evaluation):
         return None
 
     def metric(self, metric: ir.Metric) -> Diagnostic | None:
+        """The metric under its `with` swaps; where they swap data the lower objective reads, the
+        lower level is trained again on it, so the lower objective is evaluated so too."""
+        retrains = set(metric.rebind) & set(self.problem.lower_data)
         with self.pipeline._sizes_rebound(metric.rebind):   # `val.n` is test's n under `with val = test`
             try:
+                if retrains:
+                    self.evaluate(self.lower_objective, metric.rebind)
                 self.evaluate(metric.expr, metric.rebind)
             except Failed as e:
-                return e.diagnostic
+                if not metric.rebind:
+                    return e.diagnostic
+                swaps = ", ".join(f"{a} = {b}" for a, b in metric.rebind.items())
+                # a fix would name the declarations as written, which the swap makes misleading
+                return Diagnostic(e.diagnostic.message, e.diagnostic.span, notes=e.diagnostic.notes + [
+                    (metric.expr.span, f"under metric {metric.name}'s `with {swaps}`"
+                     + (", which trains the lower level again on the swapped data" if retrains else ""))])
         return None
 
     def call(self, node: ir.Expr, fn, operands: list[Traced], kwargs: dict):

@@ -35,6 +35,8 @@ V_STEP = {Unrolled: "fixed", ConjugateGradient: "exact"}
 class DualMultiplier(Method):
     """the single-loop dual-multiplier method"""
 
+    step_setting = "DM.v_lr"
+
     @classmethod
     def lower(cls, plan, params):
         return plan.with_note(cls.describe(plan, params), method=cls, core=cls, params=params)

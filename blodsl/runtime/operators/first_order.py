@@ -114,6 +114,8 @@ class ValueFunctionFirstOrder(FirstOrder):
 class MoreauEnvelope(FirstOrder):
     """MEHA: theta tracks the Moreau envelope's minimiser; x gets dF/dx / c_k + df/dx(y) - df/dx(theta)"""
 
+    step_setting = "MESO.eta"
+
     state = ("theta",)
 
     @classmethod
@@ -157,6 +159,8 @@ class MoreauEnvelope(FirstOrder):
 class PenaltyGradientDescent(FirstOrder):
     """penalty-based bilevel gradient descent on l (F + gamma_k p), p the lower level's optimality gap"""
 
+    step_setting = "PGDO.y_hat_lr"
+
     state = ("y_hat",)
 
     @classmethod
@@ -199,6 +203,8 @@ class PenaltyGradientDescent(FirstOrder):
 @register("VSO")
 class ValueFunctionSequential(FirstOrder):
     """BVFSM: z tracks the regularised lower solution; y descends F under a log barrier on f"""
+
+    step_setting = "VSO.z_lr"
 
     state = ("z",)
     adaptation = Method.adaptation      # the lower optimiser's steps, as z takes them

@@ -77,6 +77,8 @@ class Context:
 class Method:
     """Owns the outer step of the pipelines whose plan names it."""
 
+    step_setting: str | None = None     # the setting of its own step size (named when its variables diverge)
+
     def __init__(self, plan):
         self.plan, self.params = plan, plan.params
 

@@ -238,11 +238,13 @@ class Trajectory(Method):
 
     def first_non_finite_step(self, ctx: Context, x, y0, d) -> int | None:
         """Replays the inner loop one step per call until y or f stops being finite."""
+        from ..guard import all_finite
+
         sweep = Sweep(self.plan, ctx.kernels, x, d, trees.leaves(y0)[0])
         y, s = y0, initial_state(ctx.optimizer, y0, ctx.batch.tasks)
         for t in range(self.plan.steps):
             y, s, f = sweep.advance(y, s, t, 1)[:3]
-            if not all(bool(torch.isfinite(v).all()) for v in trees.leaves((y, f))):
+            if not bool(all_finite([("lower", y), ("lower_objective", f)])):
                 return t + 1
         return None
 
