@@ -351,7 +351,7 @@ def summary(program: ir.Program) -> str:
         decls = [f"var {v.name}" + (ir.written(v.shape) if v.shape else " (scalar)")
                  for v in level.variables]
         decls += [f"model {m.name} = {ir.written(m.spec)}" for m in level.models]
-        how = ir.call_text(level.optimizer.name, [], level.optimizer.args)
+        how = ir.call_text(level.optimizer.name, [], ir.written_settings(level.optimizer))
         if level.scheduler is not None:
             how += f", scheduled by {ir.call_text(level.scheduler.name, [], level.scheduler.args)}"
         if level.clip is not None:

@@ -184,7 +184,7 @@ class Dataset(Node):
 class Variable(Node):
     name: str
     level: LevelName
-    init: str                 # zeros, ones, full, normal, uniform, input
+    init: str                 # zeros, ones, full, normal, uniform, input, like (args: model, value)
     shape: list[Dim]
     args: dict[str, Arg] = {}
     line: int
@@ -200,10 +200,18 @@ class Model(Node):
     span: At = None           # the whole declaration
 
 
+class LearnedSetting(Node):
+    """An inner-optimiser setting computed from upper variables at every step, as written."""
+    expr: Expr
+    text: str
+
+
 class Optimizer(Node):
     name: str
     args: dict[str, Arg]
     line: int
+    # lower level: the settings learned from upper variables (`args` holds the row's default in their place)
+    learned: dict[str, LearnedSetting] = {}
 
 
 class Scheduler(Node):
@@ -305,7 +313,14 @@ def written(value) -> str:
         return call_text(value.name, value.args, value.kwargs)
     if isinstance(value, list):
         return "[" + ", ".join(written(v) for v in value) + "]"
+    if isinstance(value, LearnedSetting):
+        return value.text
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def written_settings(optimizer: Optimizer) -> dict:
+    """An optimiser's arguments with the learned ones as written."""
+    return {**optimizer.args, **optimizer.learned}
 
 
 def call_text(name: str, args: list, kwargs: dict) -> str:
@@ -337,5 +352,5 @@ def references(expr) -> set[tuple[str, str]]:
     return found
 
 
-for _model in (Apply, Call, UserCall, BinOp, Unary, Compare, ListOf, Index, LayerSpec, Objective, Metric):
+for _model in (Apply, Call, UserCall, BinOp, Unary, Compare, ListOf, Index, LayerSpec, Objective, Metric, LearnedSetting):
     _model.model_rebuild()

@@ -110,6 +110,10 @@ INITIALISERS: dict[str, Signature] = {s.name: s for s in (
     _sig("uniform", "uniform(dim, ..., low=0, high=1)", 0, None, Param("low", float), Param("high", float)),
 )}
 
+# `var lrs = like(net, value=0.01)`: one number per weight of a model (per-weight inner learning rates).
+LIKE = _sig("like", "like(model, value=v): one number per weight of a model, each starting at v", 1, 1,
+            Param("value", float, 0.0))
+
 # `input()` in place of a dataset, a variable's initialiser or a model: bound from Python.
 INPUT = _sig("input", "input(): a dataset, tensor or module supplied from Python at run time", 0, 0,
              Param("fields", list, item=str, pattern=r"[A-Za-z_]\w*", words='a list of names, e.g. fields=["x", "y"]'))
@@ -228,6 +232,10 @@ INNER_OPTIMIZERS: dict[str, dict[str, Param]] = {
     "Adam": _optimizer("lr", "betas", "eps", "weight_decay", lr=0.001, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0),
 }
 
+# Inner optimisers whose weight decay shrinks the weights apart from the gradient (not an L2 term),
+# so their fixed point is not a stationary point of the lower objective.
+DECOUPLED_DECAY = {"AdamW"}
+
 
 # --- learning-rate schedulers of the upper level --------------------------------
 # Any torch.optim.lr_scheduler class a call of numbers builds, stepped once per outer step
@@ -302,6 +310,6 @@ def builtin_kind(name: str) -> str | None:
         return "optimiser"
     if name in SCHEDULERS:
         return "scheduler"
-    if name in ("input", "from"):
+    if name in ("input", "from", "like"):
         return "keyword"
     return None

@@ -62,6 +62,9 @@ class Operator:
     uses_steps: bool = True         # False: one lower step per outer step, whatever `steps` says
     inner_optimizer: str = "steps"  # "steps": the declared inner optimiser's steps; "lr": plain gradient steps at its lr
     optimizer_steps: str = "steps"  # the setting or own parameter that counts the inner optimiser's steps per outer step
+    # --- inner-optimiser settings learned from upper variables (`SGD(lr=exp(log_lr))`)
+    sees_settings: frozenset[str] | None = None  # which a hypergradient with it reaches; None: any (or not its say)
+    settings_blind: str = ""        # why it reaches no other, as a message says it
 
     @property
     def whole_pipeline(self) -> bool:
@@ -77,6 +80,19 @@ _TERMINAL_RANK = 7
 # The reverse sweep's memory/time trade-off: keep the inner state every `checkpoint` steps and
 # recompute the steps in between (one more forward pass); 0 keeps a state every compiled chunk.
 CHECKPOINT = Param("checkpoint", int, 0, low=0, quiet=True)
+
+
+# Why the implicit terminals see a learned weight decay and no other inner-optimiser setting.
+_AT_FIXED_POINT = ("differentiates the lower level's fixed point, which the inner steps reach whatever their "
+                   "{key}; only weight_decay moves it")
+
+
+def _blind(why: str) -> dict:
+    """An operator whose hypergradient reaches no learned inner-optimiser setting, and why."""
+    return {"sees_settings": frozenset(), "settings_blind": why}
+
+
+_FIRST_ORDER_BLIND = _blind("does not differentiate through the inner optimiser's steps")
 
 
 def _drops_start(name: str) -> str:
@@ -110,7 +126,8 @@ CATALOGUE: tuple[Operator, ...] = (
                         "RAD": "with DM, RAD only says that DM's multiplier moves by the fixed step v_lr",
                         "CG": "with DM, CG only says that DM's multiplier moves by the exact line-search step"},
              needs_for={"mu0": "GDA", "p": "GDA", "strategy": "GDA", "v_lr": "RAD"},
-             one_inner_step=True, inner_optimizer="lr", keeps_lower=True),
+             one_inner_step=True, inner_optimizer="lr", keeps_lower=True,
+             **_blind("steps the lower level at a fixed rate without differentiating the step")),
     Operator("PTT", TRAJECTORY_MODIFIER, 3, "differentiates at the step of largest upper loss",
              needs_successor=True),
     Operator("FOA", TRAJECTORY_MODIFIER, 4, "first-order approximation (dy_T/dy_0 = I)",
@@ -118,7 +135,8 @@ CATALOGUE: tuple[Operator, ...] = (
              requires=(frozenset({"IAD"}), "without IAD the first-order hypergradient is identically zero"),
              excludes={"RGT": "FOA takes dy_T/dy_0 as the identity; there is no differentiated trajectory for RGT "
                               "to truncate"},
-             through_trajectory="approximates the derivative through the inner trajectory"),
+             through_trajectory="approximates the derivative through the inner trajectory",
+             **_blind("takes dy_T/dy_0 as the identity, dropping every derivative through the inner steps")),
     Operator("RGT", TRAJECTORY_MODIFIER, 5, "back-propagates through the last steps only",
              (positive("truncate", REQUIRED, type=int),), needs_successor=True,
              through_trajectory="truncates the differentiated inner trajectory", cuts_start=True,
@@ -131,36 +149,45 @@ CATALOGUE: tuple[Operator, ...] = (
              excludes={"RGT": "FD differentiates at the final lower solution only; there is no back-propagated "
                               "trajectory for RGT to truncate",
                        "IAD": _drops_start("FD")},
-             differentiates="solution"),
+             differentiates="solution",
+             **_blind("differentiates the lower solution through the lower objective alone")),
     Operator("IGA", TERMINAL, _TERMINAL_RANK, "implicit gradient approximation", terminal=True,
-             excludes={"IAD": _drops_start("IGA")}, differentiates="solution"),
+             excludes={"IAD": _drops_start("IGA")}, differentiates="solution",
+             **_blind("differentiates the lower solution through the lower objective alone")),
     Operator("CG", TERMINAL, _TERMINAL_RANK, "implicit differentiation, conjugate gradient",
-             (count("k", 10), positive("tol", 1e-10)), terminal=True, differentiates="solution"),
+             (count("k", 10), positive("tol", 1e-10)), terminal=True, differentiates="solution",
+             sees_settings=frozenset({"weight_decay"}),
+             settings_blind=_AT_FIXED_POINT),
     Operator("NS", TERMINAL, _TERMINAL_RANK, "implicit differentiation, Neumann series",
-             (count("k", 10), positive("alpha", FromProgram("inner_lr"))), terminal=True, differentiates="solution"),
+             (count("k", 10), positive("alpha", FromProgram("inner_lr"))), terminal=True, differentiates="solution",
+             sees_settings=frozenset({"weight_decay"}),
+             settings_blind=_AT_FIXED_POINT),
     Operator("NYSTROM", TERMINAL, _TERMINAL_RANK, "implicit differentiation, Nystrom sketch",
-             (count("rank", 5), positive("rho", 0.1)), terminal=True, differentiates="solution"),
+             (count("rank", 5), positive("rho", 0.1)), terminal=True, differentiates="solution",
+             sees_settings=frozenset({"weight_decay"}),
+             settings_blind=_AT_FIXED_POINT),
     Operator("VSO", FIRST_ORDER, None, "value-function sequential minimisation (BVFSM)",
              (count("z_loop", 5), positive("z_lr", 0.01), nonnegative("ll_l2_reg", 0.1),
               nonnegative("ul_l2_reg", 0.01), nonnegative("ul_ln_reg", 10.0), flag("reg_decay", True),
               positive("eps", AtRunTime("the number of lower-level parameters"), quiet=True)),
-             keeps_lower=True, optimizer_steps="z_loop"),
+             keeps_lower=True, optimizer_steps="z_loop", **_FIRST_ORDER_BLIND),
     Operator("VFO", FIRST_ORDER, None, "value-function first-order method (BOME)",
              (positive("u1", 0.1), positive("y_hat_lr", 0.01), count("y_hat_steps", FromProgram("steps"))),
-             inner_optimizer="lr", keeps_lower=True),
+             inner_optimizer="lr", keeps_lower=True, **_FIRST_ORDER_BLIND),
     Operator("MESO", FIRST_ORDER, None, "Moreau-envelope single-loop method",
              (positive("eta", 0.001), positive("gamma_1", 0.01), positive("c0", 0.2)),
-             uses_steps=False, inner_optimizer="lr", keeps_lower=True),
+             uses_steps=False, inner_optimizer="lr", keeps_lower=True, **_FIRST_ORDER_BLIND),
     Operator("PGDO", FIRST_ORDER, None, "penalty-based bilevel gradient descent",
              (positive("y_hat_lr", 0.01), nonnegative("gamma_init", 0.0), nonnegative("gamma_max", 0.2),
               count("gamma_argmax_step", 30000),
               choice("penalty", "difference", "gradient", default="difference")),
-             ordered=(("gamma_init", "gamma_max"),), inner_optimizer="lr", keeps_lower=True),
+             ordered=(("gamma_init", "gamma_max"),), inner_optimizer="lr", keeps_lower=True, **_FIRST_ORDER_BLIND),
     Operator("ALTO", FIRST_ORDER, None, "one lower step, then the direct upper gradient only",
-             direct_only=True, uses_steps=False, inner_optimizer="lr", keeps_lower=True),
+             direct_only=True, uses_steps=False, inner_optimizer="lr", keeps_lower=True, **_FIRST_ORDER_BLIND),
     Operator("GAFFO", FIRST_ORDER, None, "regularised gap function, from the upper variables each outer step",
              (positive("lambda", 1.0), positive("sigma", 0.01), positive("lower_step", FromProgram("inner_lr"))),
-             learns_start=True, direct_only=True, task_batches=True, uses_steps=False, inner_optimizer="lr"),
+             learns_start=True, direct_only=True, task_batches=True, uses_steps=False, inner_optimizer="lr",
+             **_FIRST_ORDER_BLIND),
 )
 
 BY_NAME: dict[str, Operator] = {op.name: op for op in CATALOGUE}

@@ -167,6 +167,8 @@ class Emitter:
         self.level(p.lower)
         self.objective("upper_objective", p.upper.objective.expr, p.upper.objective.text, p.upper.objective.line)
         self.objective("lower_objective", p.lower.objective.expr, p.lower.objective.text, p.lower.objective.line)
+        if p.lower.optimizer.learned:
+            self.optimizer_settings(p.lower.optimizer)
         for m in p.run.metrics:
             self.objective(f"metric_{m.name}", m.expr, m.text, m.line)
         self.emit()
@@ -231,6 +233,9 @@ class Emitter:
         for v in decl.variables:
             if v.init == "input":
                 init = f'rt.Bound(self.bound("{v.name}", "a tensor"))'
+            elif v.init == "like":
+                model = self.declared_anywhere(v.args["model"])
+                init = f"rt.Like(lambda: {self.layer(model.spec, model.name)}, value={lit(v.args['value'])})"
             else:
                 shape = "".join(f"{self.value(d)}, " for d in v.shape).rstrip(" ")
                 args = f", {lit(v.args)}" if v.args else ""
@@ -281,6 +286,27 @@ class Emitter:
             else:
                 self.emit(f'{self.local(n)} = {level}["{n}"]', 2)
         self.emit(f"return {self.expr(expr)}", 2)
+
+    def optimizer_settings(self, optimizer: ir.Optimizer):
+        """The inner optimiser's learned settings, from the upper variables, at every inner step."""
+        learned = optimizer.learned
+        self.emit()
+        self.emit("def lower_optimizer_settings(self, upper):", 1)
+        written = ", ".join(f"{k}={s.text}" for k, s in learned.items())
+        self.emit(f"# {self.file}:{optimizer.line}  {written}", 2)
+        for _, n in sorted(set().union(*(ir.references(s.expr) for s in learned.values()))):
+            self.emit(f'{self.local(n)} = upper["{n}"]', 2)
+        self.emit(f"return {{{', '.join(f'{lit(k)}: {self.setting(s.expr)}' for k, s in learned.items())}}}", 2)
+
+    def setting(self, e) -> str:
+        """A learned setting's value; one rate per weight covers the lower level's one model."""
+        if isinstance(e, ir.VarRef) and self.declared("upper", e.name).init == "like":
+            return f"{{{lit(self.p.lower.models[0].name)}: {self.local(e.name)}}}"
+        return self.expr(e)
+
+    def declared_anywhere(self, name: str):
+        return next(d for level in (self.p.upper, self.p.lower) for d in level.variables + level.models
+                    if d.name == name)
 
     def declared(self, level: str, name: str):
         decl = self.p.upper if level == "upper" else self.p.lower

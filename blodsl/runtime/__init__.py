@@ -2,7 +2,7 @@
 
 from . import data, functions, inner, layers
 from .pipeline import MetricSpec, Pipeline
-from .problem import Bound, BuildError, Init, Level, Op, Problem, program_folder, source_of
+from .problem import Bound, BuildError, Init, Level, Like, Op, Problem, program_folder, source_of
 
 __all__ = ["data", "functions", "inner", "layers", "MetricSpec", "Pipeline", "Bound", "BuildError", "Init",
-           "Level", "Op", "Problem", "program_folder", "source_of"]
+           "Level", "Like", "Op", "Problem", "program_folder", "source_of"]

@@ -22,6 +22,10 @@ class SGD:
     weight_decay: float = 0.0
     nesterov: bool = False
 
+    @property
+    def l2_decay(self):
+        return self.weight_decay
+
     def init(self, y):
         return {"momentum": trees.zeros_like(y)} if self.momentum else {}
 
@@ -32,6 +36,8 @@ class SGD:
             buf = trees.axpy(self.momentum, state["momentum"], g)
             state = {"momentum": buf}
             g = trees.axpy(self.momentum, buf, g) if self.nesterov else buf
+        if isinstance(self.lr, dict):   # one rate per weight
+            return trees.tree_map(lambda y, lr, g: y - lr * g, y, self.lr, g), state
         return trees.axpy(-self.lr, g, y), state
 
 
@@ -48,6 +54,10 @@ class Adam:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
+
+    @property
+    def l2_decay(self):
+        return self.weight_decay
 
     def init(self, y):
         first = trees.leaves(y)[0]

@@ -10,6 +10,7 @@ compiles them, each once.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable
@@ -37,12 +38,23 @@ def masked(on, new, old):
 class Objectives:
     """f(x, y, d) and F(x, y, d) of a program, with the derivatives operators share.
 
-    `optimizer` is the lower level's differentiable optimiser; its L2 weight decay is
-    part of what its fixed point minimises, so the Hessian products include it."""
+    `optimizer` is the lower level's differentiable optimiser and `settings(x)` those of its
+    settings the upper variables make (`SGD(lr=exp(log_lr))`). Its L2 weight decay is part of
+    what its fixed point minimises, so the lower gradient the implicit terminals differentiate
+    includes it, and a learned decay reaches x through it."""
 
-    def __init__(self, f: Callable, F: Callable, optimizer):
+    def __init__(self, f: Callable, F: Callable, optimizer, settings: Callable[[dict], dict] | None = None):
         self.f, self.F, self.optimizer = f, F, optimizer
-        self.decay = getattr(optimizer, "weight_decay", 0.0)
+        self.settings = settings or (lambda x: {})
+
+    def optimizer_at(self, x):
+        """The inner optimiser with the settings the upper variables x make."""
+        learned = self.settings(x)
+        return dataclasses.replace(self.optimizer, **learned) if learned else self.optimizer
+
+    def step(self, x, y, s, g):
+        """One inner-optimiser step, differentiable in x through the learned settings too."""
+        return self.optimizer_at(x).update(y, s, g)
 
     def upper_grads(self, x, y, d):
         """(F, dF/dx, dF/dy)"""
@@ -56,14 +68,19 @@ class Objectives:
     def grad_y_f(self, x, y, d):
         return grad(self.f, argnums=1)(x, y, d)
 
+    def stationarity(self, x, y, d):
+        """grad_y f + decay y: zero at the inner optimiser's fixed point."""
+        decay = self.optimizer_at(x).l2_decay
+        g = self.grad_y_f(x, y, d)
+        return trees.axpy(decay, y, g) if torch.is_tensor(decay) or decay else g
+
     def hvp(self, x, y, d, v):
-        """(H + decay I) v; H is symmetric, so reverse over reverse gives H v."""
-        hv = vjp(lambda y: self.grad_y_f(x, y, d), y)[1](v)[0]
-        return trees.axpy(self.decay, v, hv) if self.decay else hv
+        """(H + decay I) v; symmetric, so reverse over reverse gives it."""
+        return vjp(lambda y: self.stationarity(x, y, d), y)[1](v)[0]
 
     def cross(self, x, y, d, q):
-        """J^T q = d/dx <grad_y f(x, y), q>"""
-        return grad(lambda x: trees.dot(self.grad_y_f(x, y, d), q))(x)
+        """J^T q = d/dx <grad_y f(x, y) + decay(x) y, q>"""
+        return grad(lambda x: trees.dot(self.stationarity(x, y, d), q))(x)
 
     def descent(self, objective: Callable, update: Callable, length: int) -> Callable:
         """`length` masked steps of `update(y, state, g)` on objective(x, y, d, c), g its

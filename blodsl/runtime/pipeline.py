@@ -86,7 +86,8 @@ class Pipeline:
         task_sets = [n for n in problem.data_used if isinstance(self.sources[n], TaskSource)]
         self.tasks = self.sources[task_sets[0]].tasks if task_sets else None
         self.task_dims = self._task_dims(problem.data_used) if self.tasks else None
-        self.objectives = Objectives(problem.lower_objective, problem.upper_objective, self.inner)
+        self.objectives = Objectives(problem.lower_objective, problem.upper_objective, self.inner,
+                                     problem.lower_optimizer_settings)
         self.method = plan.method(plan)
         self.compile = compile
         self.kernels = compile_kernels(self.method.kernels(self.objectives), self.task_dims, compile)
@@ -163,7 +164,7 @@ class Pipeline:
         return trees.flat_names(self.y)
 
     def _context(self) -> Context:
-        return Context(self.kernels, self.inner, Batch(self.tasks), seed=self._step_seed(),
+        return Context(self.kernels, self.objectives.optimizer_at(self.x), Batch(self.tasks), seed=self._step_seed(),
                        lower_size=sum(t.numel() for t in trees.leaves(self.initial_lower)))
 
     def _outcome(self, ctx: Context, d, y0):
@@ -219,7 +220,7 @@ class Pipeline:
         inner_step = self.method.first_non_finite_step(ctx, self.x, y0, d) if quantity.startswith("lower") else None
         name, _ = self.upper_decl.optimizer
         hint = (f"lower the learning rates involved (upper {name} lr={upper_lr:g}, inner "
-                f"{type(self.inner).__name__} lr={self.inner.lr:g})")
+                f"{type(self.inner).__name__} lr={_rate_text(ctx.optimizer.lr)})")
         raise diverged(quantity, kind, self.steps_done + 1, hint, inner_step, method=self.method)
 
     def evaluates_at(self, k: int, total: int) -> bool:
@@ -255,23 +256,25 @@ class Pipeline:
         tasks = [n for n in lower_data if isinstance(self.sources[rebind.get(n, n)], TaskSource)]
         batch = len(next(iter(data[tasks[0]].values()))) if tasks else None
         dims = {n: {f: 0 if n in tasks else None for f in data[n]} for n in lower_data}
-        kernels, optimizer, steps = self._lower_training(1, dims if batch else None, compile=False)
+        kernels, lib, steps = self._lower_training(1, dims if batch else None, compile=False)
         if self.lower_decl.start != "warm":
             y = self._start_point(x, batch)
-        return inner_loop(kernels, optimizer, x, y, {n: data[n] for n in lower_data}, steps, 1, batch)
+        return inner_loop(kernels, lib.optimizer_at(x), x, y, {n: data[n] for n in lower_data}, steps, 1, batch)
 
     def _lower_training(self, chunk: int, task_dims=None, compile: bool = False):
-        """(kernels, optimiser, steps per outer step): the lower level trained with the upper one held
+        """(kernels, objectives, steps per outer step): the lower level trained with the upper one held
         still, as the method moves it, for baselines and re-adapting metrics. The pipeline's own chunk
         kernel serves when it has one (GDA's mixing is off at a = 0)."""
         steps, lr = self.method.adaptation(self.plan)
         chunk = min(chunk, steps)
         if lr is None and chunk == self.plan.chunk and task_dims is self.task_dims and hasattr(self.kernels, "chunk"):
-            return self.kernels, self.inner, steps
-        optimizer = self.inner if lr is None else inner.SGD(lr=lr)
-        lib = Objectives(self.problem.lower_objective, self.problem.upper_objective, optimizer)
+            return self.kernels, self.objectives, steps
+        if lr is None:
+            lib = self.objectives
+        else:
+            lib = Objectives(self.problem.lower_objective, self.problem.upper_objective, inner.SGD(lr=lr))
         kernels = trajectory_kernels(lib, Plan(steps=steps, chunk=chunk), reverse=False)
-        return compile_kernels(kernels, task_dims, compile), optimizer, steps
+        return compile_kernels(kernels, task_dims, compile), lib, steps
 
     @contextlib.contextmanager
     def _sizes_rebound(self, rebind: dict[str, str]):
@@ -318,9 +321,9 @@ class Pipeline:
         if self.lower_decl.start != "from":
             # as many inner loops as the run made (or will make)
             rounds = (self.steps_done or self.problem.outer_steps) if self.lower_decl.start == "warm" else 1
-            kernels, optimizer, steps = self._lower_training(self.plan.chunk, self.task_dims, self.compile)
+            kernels, lib, steps = self._lower_training(self.plan.chunk, self.task_dims, self.compile)
             for r in range(rounds):
-                y = inner_loop(kernels, optimizer, x, y, self._data(self.problem.data_used, r), steps,
+                y = inner_loop(kernels, lib.optimizer_at(x), x, y, self._data(self.problem.data_used, r), steps,
                                min(self.plan.chunk, steps))
         y = trees.detach(y)
         return {**self.evaluate(upper=x, lower=y), "upper_objective": self.upper_objective(x, y)}
@@ -387,3 +390,10 @@ def _plain(value):
     if torch.is_tensor(value):
         return value.item() if value.numel() == 1 else [round(v, 6) for v in value.tolist()]
     return value
+
+
+def _rate_text(lr) -> str:
+    """An inner learning rate as a message shows it: a constant, a learned value, or per weight."""
+    if isinstance(lr, dict):
+        return "learned per weight"
+    return f"{float(lr):g}" + (" (learned)" if torch.is_tensor(lr) else "")

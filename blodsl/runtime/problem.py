@@ -36,8 +36,8 @@ class Init:
             t = torch.zeros(shape)
         elif self.kind == "ones":
             t = torch.ones(shape)
-        elif self.kind == "full":
-            t = torch.full(shape, float(self.args["value"]))
+        elif self.kind == "full":   # in the run's dtype: 0.4 in float32 is not 0.4 in float64
+            t = torch.full(shape, float(self.args["value"]), dtype=dtype)
         elif self.kind == "normal":
             t = self.args.get("mean", 0.0) + self.args.get("std", 1.0) * torch.randn(shape, generator=generator)
         elif self.kind == "uniform":
@@ -58,6 +58,18 @@ class Bound:
 
 
 @dataclass(frozen=True)
+class Like:
+    """One number per weight of a model (`like(net, value=v)`): per-weight inner settings."""
+    model: Callable[[], nn.Module]   # builds the model whose weights it mirrors
+    value: float = 0.0
+
+    def draw(self, device, dtype, generator) -> dict[str, torch.Tensor]:
+        with torch.device("meta"):    # only the shapes: no memory, and no draw from the models' random stream
+            shapes = {k: p.shape for k, p in self.model().named_parameters()}
+        return {k: torch.full(shape, float(self.value), device=device, dtype=dtype) for k, shape in shapes.items()}
+
+
+@dataclass(frozen=True)
 class Op:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -69,7 +81,7 @@ class Op:
 
 @dataclass
 class Level:
-    variables: dict[str, Init | Bound]
+    variables: dict[str, Init | Bound | Like]
     models: dict[str, nn.Module]
     optimizer: Any                   # upper: (torch.optim name, kwargs); lower: an inner optimiser
     scheduler: tuple[str, dict] | None = None   # upper: (torch.optim.lr_scheduler name, kwargs)
@@ -164,6 +176,10 @@ class Problem:
 
     def lower_objective(self, upper, lower, data):
         raise NotImplementedError
+
+    def lower_optimizer_settings(self, upper) -> dict:
+        """The inner optimiser's settings learned from the upper variables (none unless written)."""
+        return {}
 
 
 def program_folder(folder: str, module_file: str) -> Path:

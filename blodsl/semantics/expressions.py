@@ -92,6 +92,10 @@ class Expressions:
         self.scope.used.add(name)
         if sym.kind == "broken":
             return None
+        if sym.kind == "var" and sym.decl is not None and sym.decl.init == "like":
+            self.scope.error(f"'{name}' holds one number per weight of {sym.decl.args['model']}; it is a setting of "
+                             "the inner optimiser, not a value", e.span, fix=f"use it as SGD(lr={name})")
+            return None
         if sym.kind == "var":
             return ir.VarRef(level=sym.level, name=name), "tensor"
         if sym.kind == "model":

@@ -13,6 +13,7 @@ from ..syntax.diagnostics import suggest
 from .blocks import LEVEL_SETTINGS
 from .calls import check_call, checked_value
 from .expressions import Expressions
+from .learned import check_like_target, is_learned, learned_setting, like_variable
 from .scope import NO_VALUE, Scope, Symbol
 
 
@@ -26,6 +27,7 @@ class LevelBlock:
         self.level = level
         self.declared: list = []   # ir.Variable or ir.Model; None for a declaration reported as wrong
         self.scheduler_keywords: dict[str, ast.Keyword] = {}   # as written, for follow_run's messages
+        self.likes: list[ast.Declaration] = []   # `var v = like(model)`, checked once every model is declared
 
     def declare(self, block: ast.Block):
         """Declares variables and models first, so objectives may name them in any order."""
@@ -52,12 +54,17 @@ class LevelBlock:
                 return None
             return ir.Variable(name=name, level=self.level, init="full", shape=[], args={"value": v},
                                line=stmt.span.line)
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "like":
+            variable = like_variable(self.scope, name, value, self.level)
+            if variable is not None:
+                self.likes.append(stmt)
+            return variable
         if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
                 and (value.func.id in INITIALISERS or value.func.id == "input")):
             fn = value.func.id if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) else None
             self.scope.error(f"expected an initialiser for variable '{name}'", value.span,
                              fix=((suggest(fn, INITIALISERS) or "") + " initialisers: " + ", ".join(INITIALISERS)
-                                  + ", input(); e.g. `var w = zeros(train.n)`").strip())
+                                  + ", like(model), input(); e.g. `var w = zeros(train.n)`").strip())
             return None
         if value.func.id == "input":
             if check_call(self.scope, INPUT, value) is None:
@@ -142,6 +149,8 @@ class LevelBlock:
         return self.scope.const(expr, "a model argument")
 
     def resolve(self, block: ast.Block) -> ir.LevelDecl | None:
+        for stmt in self.likes:
+            check_like_target(self.scope, stmt)
         settings: dict[str, ast.Setting] = {}
         for stmt in block.body:
             if isinstance(stmt, ast.Destructure):
@@ -223,6 +232,7 @@ class LevelBlock:
         allowed = known[name]
         # the inner optimiser's arguments are all explicit in the IR, defaults included
         args = {key: row.default for key, row in allowed.items()} if self.level == "lower" else {}
+        learned = {}
         for a in getattr(value, "args", []):
             self.scope.error("optimiser arguments are keyword arguments", a.span, fix=f"write e.g. {name}(lr=0.1)")
             return None
@@ -232,10 +242,17 @@ class LevelBlock:
                 self.scope.error(f"{name} has no argument '{key}'" + (" in an inner loop" if self.level == "lower" else ""),
                                  kw.name.span, fix=suggest(key, allowed) or f"{name} takes: {', '.join(allowed)}")
                 return None
+            if self.level == "lower" and is_learned(kw.value):
+                expr = learned_setting(self.scope, self.expressions, name, allowed[key], kw,
+                                       [d for d in self.declared if d is not None])
+                if expr is NO_VALUE:
+                    return None
+                learned[key] = ir.LearnedSetting(expr=expr, text=self.scope.source.text_of(kw.value.span))
+                continue
             args[key] = checked_value(self.scope, allowed[key], kw.value, f"{name}'s {key}")
             if args[key] is NO_VALUE:
                 return None
-        return ir.Optimizer(name=name, args=args, line=setting.span.line)
+        return ir.Optimizer(name=name, args=args, line=setting.span.line, learned=learned)
 
     def scheduler(self, setting: ast.Setting, optimizer: ir.Optimizer | None):
         """The upper learning rate's schedule: a torch.optim.lr_scheduler class by name, or NO_VALUE."""

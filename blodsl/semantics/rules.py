@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import ir
+from ..catalogue.builtins import DECOUPLED_DECAY
 from ..catalogue.operators import TERMINAL, Operator, rows_with
 from ..syntax import ast
 from ..syntax.source import Span
@@ -28,10 +29,17 @@ class Facts:
     datasets: list[ir.Dataset]
     upper_reads: set = field(init=False)  # (level or 'data', name) the upper objective reads
     lower_reads: set = field(init=False)
+    settings_reads: dict = field(init=False)  # learned inner-optimiser setting -> what it reads
 
     def __post_init__(self):
         self.upper_reads = ir.references(self.upper.objective.expr)
         self.lower_reads = ir.references(self.lower.objective.expr)
+        self.settings_reads = {k: ir.references(s.expr) for k, s in self.lower.optimizer.learned.items()}
+
+    @property
+    def steps_read(self) -> set:
+        """What the inner steps read: the lower objective and the learned optimiser settings."""
+        return self.lower_reads.union(*self.settings_reads.values())
 
     def having(self, attribute: str) -> list[WrittenOp]:
         """The operators of the pipeline whose row has `attribute`, in the order written."""
@@ -85,10 +93,11 @@ def upper_variables_used(scope: Scope, p: Facts):
     if p.having("learns_start") and p.start_from is None:
         return  # reported as the missing start
     for decl in p.upper.variables + p.upper.models:
-        if ("upper", decl.name) not in p.lower_reads | p.upper_reads and decl.name != p.start_from:
+        if ("upper", decl.name) not in p.steps_read | p.upper_reads and decl.name != p.start_from:
             scope.error(f"upper-level '{decl.name}' is never used: its hypergradient would be identically zero",
                         scope.symbols[decl.name].span,
-                        fix=f"use {decl.name} in the lower objective (or the upper one), or remove it")
+                        fix=f"use {decl.name} in the lower objective (or the upper one, or the inner optimiser's "
+                            "settings), or remove it")
 
 
 def direct_only(scope: Scope, p: Facts):
@@ -226,10 +235,32 @@ def solution_needs_upper_in_lower(scope: Scope, p: Facts):
                     fix=f"for implicit MAML, anchor the learner to the meta-model, e.g. `+ 0.5 * sqdist("
                         f"{(p.lower.variables + p.lower.models)[0].name}, {p.start_from})`, or use "
                         f"`hypergradient = {learner}`")
-    elif not p.reads(p.lower_reads, "upper"):
+    elif not p.reads(p.lower_reads | p.settings_reads.get("weight_decay", set()), "upper"):
         trajectory = next(op.name for op in rows_with("terminal") if op.differentiates == "trajectory" and op.stage == TERMINAL)
         scope.error(why + "variables; this lower objective uses none, so the hypergradient would be zero",
                     terminal.span, fix=f"use the upper variables in the lower objective, or use {trajectory}")
+
+
+def learned_settings(scope: Scope, p: Facts):
+    """A learned inner-optimiser setting needs a pipeline whose hypergradient reaches it."""
+    optimizer = p.lower.optimizer
+    written = {kw.name.text: kw for kw in _keywords(p.setting("lower", "optimizer").value)}
+    trajectory = " or ".join(op.name for op in rows_with("terminal") if op.differentiates == "trajectory")
+    for key in optimizer.learned:
+        blind = next((w for w in p.ops if w.op.sees_settings is not None and key not in w.op.sees_settings), None)
+        if blind is not None:
+            scope.error(f"{blind.op.name} {blind.op.settings_blind.format(key=key)}: the learned {key} would get an "
+                        "identically zero hypergradient", written[key].value.span,
+                        notes=[(blind.span, f"{blind.op.name} is here")],
+                        fix=f"write a constant {key}, or learn it through the inner steps with {trajectory}")
+    terminal = p.solution_terminal
+    decays = "weight_decay" in optimizer.learned or optimizer.args.get("weight_decay")
+    if terminal is not None and optimizer.name in DECOUPLED_DECAY and decays:
+        span = written["weight_decay"].value.span if "weight_decay" in written else p.at("lower", "optimizer")
+        scope.error(f"{optimizer.name}'s weight decay shrinks the weights apart from the gradient, so the lower "
+                    f"level's fixed point is not a stationary point of the lower objective, which {terminal.op.name} "
+                    "differentiates", span, notes=[(terminal.span, f"{terminal.op.name} is here")],
+                    fix="use Adam(weight_decay=...) (an L2 term of the gradient), or write weight_decay=0")
 
 
 def task_batches(scope: Scope, p: Facts):
@@ -332,8 +363,8 @@ def _keywords(optimizer: ast.Expr) -> list[ast.Keyword]:
 
 RULES = (lower_objective_reads_lower, upper_objective_reads_lower, upper_variables_used, direct_only,
          learned_start, restarted_lower, one_inner_step, bounded_by_steps, through_trajectory, cut_start,
-         solution_needs_upper_in_lower, task_batches, datasets_used, steps_unused, inner_optimizer_unused,
-         one_step_from_a_fresh_state, parameters_overridden, parameters_needing, ordered_parameters, kept_lower)
+         solution_needs_upper_in_lower, learned_settings, task_batches, datasets_used, steps_unused,
+         inner_optimizer_unused, one_step_from_a_fresh_state, parameters_overridden, parameters_needing, ordered_parameters, kept_lower)
 
 
 # --- words ----------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def trajectory_kernels(lib: Objectives, plan: Plan, reverse: bool) -> dict[str, 
     """`chunk`: (x, y, s, d, alphas, active) -> (y', s', f[, F after each step with PTT]);
     `chunk_vjp` (with `reverse`): (x, y, s, d, alphas, active, weights, ybar, sbar) ->
     (xbar, ybar', sbar'), where PTT adds sum_i weights_i * F(x, y_i) to what is differentiated."""
-    f, F, optimizer = lib.f, lib.F, lib.optimizer
+    f, F = lib.f, lib.F
     gda, ptt, length = plan.gda is not None, plan.ptt, plan.chunk
 
     def inner_loss(x, y, d, a):
@@ -84,7 +84,7 @@ def trajectory_kernels(lib: Objectives, plan: Plan, reverse: bool) -> dict[str, 
         values = []
         for i in range(length):
             g, fy = grad(inner_loss, argnums=1, has_aux=True)(x, y, d, alphas[i])
-            y_next, s_next = optimizer.update(y, s, g)
+            y_next, s_next = lib.step(x, y, s, g)
             y, s = masked(active[i], y_next, y), masked(active[i], s_next, s)
             f_last = fy if i == 0 else torch.where(active[i], fy, f_last)
             if ptt:
