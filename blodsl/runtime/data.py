@@ -75,7 +75,10 @@ def split_table(x, y, split, seed, label_noise=0.0, standardize=False) -> list[T
         start += size
     if standardize:
         first = x[parts[0]]
-        x = (x - first.mean(0)) / first.std(0).clamp(min=1e-6)
+        std = first.std(0)
+        # a feature constant in the first part (a blank pixel) is only centred: dividing by its
+        # zero spread would blow up the other parts, where it may vary
+        x = (x - first.mean(0)) / torch.where(std > 1e-6, std, torch.ones_like(std))
     tables = []
     for i, idx in enumerate(parts):
         xi, yi = x[idx], y[idx]
