@@ -18,6 +18,7 @@ import torch
 from torch.func import grad, grad_and_value, vjp, vmap
 
 from . import trees
+from .inner import in_use
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,12 @@ class Objectives:
     """f(x, y, d) and F(x, y, d) of a program, with the derivatives operators share.
 
     `optimizer` is the lower level's differentiable optimiser; its L2 weight decay is
-    part of what its fixed point minimises, so the Hessian products include it."""
+    part of what its fixed point minimises, so the Hessian products include it (None:
+    only the names of the kernels are wanted)."""
 
     def __init__(self, f: Callable, F: Callable, optimizer):
         self.f, self.F, self.optimizer = f, F, optimizer
-        self.decay = getattr(optimizer, "weight_decay", 0.0)
+        self.decay = 0.0 if optimizer is None else optimizer.l2_decay
 
     def upper_grads(self, x, y, d):
         """(F, dF/dx, dF/dy)"""
@@ -59,7 +61,7 @@ class Objectives:
     def hvp(self, x, y, d, v):
         """(H + decay I) v; H is symmetric, so reverse over reverse gives H v."""
         hv = vjp(lambda y: self.grad_y_f(x, y, d), y)[1](v)[0]
-        return trees.axpy(self.decay, v, hv) if self.decay else hv
+        return trees.axpy(self.decay, v, hv) if in_use(self.decay) else hv
 
     def cross(self, x, y, d, q):
         """J^T q = d/dx <grad_y f(x, y), q>"""
