@@ -69,7 +69,7 @@ def test_generated_code_reads_like_the_program(in_root):
     # every statement of the program is traceable to its line
     assert "fn.mean(fn.sigmoid(w) * fn.cross_entropy(net(train[\"x\"]), train[\"y\"], reduction=\"none\"))" in code
     assert "# hyper_cleaning.blo:27  mean(sigmoid(w) * cross_entropy(" in code
-    assert "rt.inner.SGD(lr=0.5, momentum=0.9, weight_decay=0.0, nesterov=False),  # hyper_cleaning.blo:28" in code
+    assert "rt.inner.SGD(lr=0.5, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False),  # hyper_cleaning.blo:28" in code
 
 
 def test_generated_names_and_comparisons():
