@@ -101,7 +101,8 @@ class SGD(_InnerOptimizer):
 
 @dataclass(frozen=True)
 class _Moments(_InnerOptimizer):
-    """The settings Adam's family shares, and its first moment."""
+    """Adam's family: a step along the mean of g (bias corrected) over a denominator
+    built from a second statistic v of g, which each member defines."""
     lr: LearningRate = 1e-3
     betas: tuple[Setting, Setting] = (0.9, 0.999)
     eps: Setting = 1e-8
@@ -110,29 +111,31 @@ class _Moments(_InnerOptimizer):
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))   # the IR spells a list
 
-    def _first_moment(self, state, g):
-        """(the mean of g, its bias correction, the step count)"""
-        b1 = self.betas[0]
-        t = state["t"] + 1
-        return trees.tree_map(lambda m, g: torch.lerp(m, g, 1 - b1), state["m"], g), 1 - b1 ** t, t
-
-
-@dataclass(frozen=True)
-class Adam(_Moments):
     def init(self, y):
         return {"m": trees.zeros_like(y), "v": trees.zeros_like(y), "t": _step_count(y)}
 
     def update(self, y, state, g):
-        b2 = self.betas[1]
+        b1 = self.betas[0]
         y, g = self._weight_decay(y, g)
-        m, c1, t = self._first_moment(state, g)
-        v = trees.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state["v"], g)
-        c2 = 1 - b2 ** t
+        t = state["t"] + 1
+        m = trees.tree_map(lambda m, g: torch.lerp(m, g, 1 - b1), state["m"], g)
+        v = trees.tree_map(self._second, state["v"], g)
+        c1 = 1 - b1 ** t
 
         def step(y, m, v, lr):
-            return y - lr / c1 * (m / (_safe_sqrt(v) / c2 ** 0.5 + self.eps))
+            return y - lr / c1 * (m / self._denominator(v, t))
 
         return trees.tree_map(step, y, m, v, trees.per_leaf(self.lr, y)), {"m": m, "v": v, "t": t}
+
+
+@dataclass(frozen=True)
+class Adam(_Moments):
+    def _second(self, v, g):
+        b2 = self.betas[1]
+        return b2 * v + (1 - b2) * g * g
+
+    def _denominator(self, v, t):
+        return _safe_sqrt(v) / (1 - self.betas[1] ** t) ** 0.5 + self.eps
 
 
 @dataclass(frozen=True)
@@ -145,17 +148,12 @@ class AdamW(Adam):
 class Adamax(_Moments):
     lr: LearningRate = 2e-3
 
-    def init(self, y):
-        return {"m": trees.zeros_like(y), "u": trees.zeros_like(y), "t": _step_count(y)}
+    def _second(self, v, g):
+        # |g| + eps > 0 while b2 * v starts at 0: no tie (where maximum's derivative splits) at the start
+        return torch.maximum(self.betas[1] * v, g.abs() + self.eps)
 
-    def update(self, y, state, g):
-        b2 = self.betas[1]
-        y, g = self._weight_decay(y, g)
-        m, c1, t = self._first_moment(state, g)
-        # |g| + eps > 0 while b2 * u starts at 0: no tie (where maximum's derivative splits) at the start
-        u = trees.tree_map(lambda u, g: torch.maximum(b2 * u, g.abs() + self.eps), state["u"], g)
-        y = trees.tree_map(lambda y, m, u, lr: y - lr / c1 * (m / u), y, m, u, trees.per_leaf(self.lr, y))
-        return y, {"m": m, "u": u, "t": t}
+    def _denominator(self, v, t):
+        return v
 
 
 @dataclass(frozen=True)
