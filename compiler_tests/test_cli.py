@@ -17,7 +17,7 @@ def test_check_summarises_a_valid_program(in_root):
         "  upper     var w[train.n]",
         "            Adam(lr=0.1)",
         "  lower     model net = Linear(train.features, train.classes)",
-        "            SGD(lr=0.5, momentum=0.9, weight_decay=0.0, nesterov=False), 20 steps per outer step, warm start",
+        "            SGD(lr=0.5, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False), 20 steps per outer step, warm start",
         "  pipeline  NGD -> RAD",
         "  run       100 outer steps, metrics test_accuracy, flagged_f1 every 10; seed 0, device auto, float32",
     ]

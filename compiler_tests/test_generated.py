@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import blodsl
+from blodsl.api import checked_program
 from blodsl.frontend import check_file
 from blodsl.lowering.codegen import generate
 from conftest import GOLDEN, PROGRAMS, ROOT
@@ -69,7 +70,7 @@ def test_generated_code_reads_like_the_program(in_root):
     # every statement of the program is traceable to its line
     assert "fn.mean(fn.sigmoid(w) * fn.cross_entropy(net(train[\"x\"]), train[\"y\"], reduction=\"none\"))" in code
     assert "# hyper_cleaning.blo:27  mean(sigmoid(w) * cross_entropy(" in code
-    assert "rt.inner.SGD(lr=0.5, momentum=0.9, weight_decay=0.0, nesterov=False),  # hyper_cleaning.blo:28" in code
+    assert "rt.inner.SGD(lr=0.5, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False),  # hyper_cleaning.blo:28" in code
 
 
 def test_generated_names_and_comparisons():
@@ -78,7 +79,7 @@ def test_generated_names_and_comparisons():
             .replace("sigmoid(w) *", "sigmoid(w + data_) *")
             .replace("metric test_accuracy = accuracy(net(test.x), test.y)",
                      "metric agree = precision((sum(net(test.x), dim=1) > 0) == (test.y > 4), test.y >= 0)"))
-    code = generate(blodsl.api.checked_program(text))
+    code = generate(checked_program(text))
     assert '(fn.sum(net(test["x"]), dim=1) > 0) == (test["y"] > 4)' in code
     pipeline = blodsl.compile(text, compile=False)
     assert set(pipeline.hypergradient()) == {"w", "data_"}

@@ -76,7 +76,8 @@ def test_variables_shapes_and_inner_optimiser_defaults():
                                   optimizer="optimizer = SGD(lr=0.5, nesterov=True, momentum=0.9)")).program
     (w,) = program_.upper.variables
     assert (w.init, w.shape, w.args) == ("normal", [ir.SizeRef(dataset="train", size="n"), 3], {"std": 0.1})
-    assert program_.lower.optimizer.args == {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.0, "nesterov": True}
+    assert program_.lower.optimizer.args == {"lr": 0.5, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
+                                              "nesterov": True}
 
 
 def test_scalar_variable_from_a_number():

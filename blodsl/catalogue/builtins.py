@@ -226,10 +226,21 @@ NOT_UPPER_OPTIMIZERS = {
 HAS_MOMENTUM = {name for name, args in TORCH_OPTIMIZERS.items() if "momentum" in args or "betas" in args}
 
 # Lower level: optimisers whose steps blodsl differentiates through, with the defaults the IR spells out.
+# torch's defaults; no maximize or amsgrad.
+_ADAM = {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
 INNER_OPTIMIZERS: dict[str, dict[str, Param]] = {
-    "SGD": _optimizer("lr", "momentum", "weight_decay", "nesterov",
-                      lr=0.001, momentum=0.0, weight_decay=0.0, nesterov=False),
-    "Adam": _optimizer("lr", "betas", "eps", "weight_decay", lr=0.001, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0),
+    "SGD": _optimizer("lr", "momentum", "dampening", "weight_decay", "nesterov",
+                      lr=0.001, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),
+    "Adam": _optimizer("lr", "betas", "eps", "weight_decay", **_ADAM, lr=0.001),
+    "AdamW": _optimizer("lr", "betas", "eps", "weight_decay", **{**_ADAM, "weight_decay": 0.01}, lr=0.001),
+    "Adamax": _optimizer("lr", "betas", "eps", "weight_decay", **_ADAM, lr=0.002),
+    "RMSprop": _optimizer("lr", "alpha", "eps", "weight_decay", "momentum", "centered",
+                          lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False),
+    "Adagrad": _optimizer("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps",
+                          lr=0.01, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10),
+    "Adadelta": _optimizer("lr", "rho", "eps", "weight_decay", lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0),
+    "ASGD": _optimizer("lr", "lambd", "alpha", "t0", "weight_decay",
+                       lr=0.01, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0),
 }
 
 # Inner optimisers whose weight decay shrinks the weights apart from the gradient (not an L2 term),

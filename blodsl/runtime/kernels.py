@@ -19,6 +19,7 @@ import torch
 from torch.func import grad, grad_and_value, vjp, vmap
 
 from . import trees
+from .inner import in_use
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Objectives:
         """grad_y f + decay y: zero at the inner optimiser's fixed point."""
         decay = self.optimizer_at(x).l2_decay
         g = self.grad_y_f(x, y, d)
-        return trees.axpy(decay, y, g) if torch.is_tensor(decay) or decay else g
+        return trees.axpy(decay, y, g) if in_use(decay) else g
 
     def hvp(self, x, y, d, v):
         """(H + decay I) v; symmetric, so reverse over reverse gives it."""

@@ -28,8 +28,17 @@ def sub(a, b):
     return tree_map(torch.sub, a, b)
 
 
+def per_leaf(c, like):
+    """`c` as a pytree like `like`: a number or a tensor repeated at every leaf, a pytree
+    (one value per leaf already, e.g. one learning rate per weight) as it is."""
+    if isinstance(c, (int, float, torch.Tensor)):
+        return tree_map(lambda _: c, like)
+    return c
+
+
 def scale(a, c):
-    return tree_map(lambda t: t * c, a)
+    """c * a, elementwise; c a number, a tensor, or a pytree like a."""
+    return tree_map(lambda t, c: t * c, a, per_leaf(c, a))
 
 
 def axpy(alpha, x, y):

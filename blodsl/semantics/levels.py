@@ -222,9 +222,9 @@ class LevelBlock:
                 self.scope.error(f"{name} cannot be the upper optimiser: {NOT_UPPER_OPTIMIZERS[name]}", value.span,
                                  fix="use a first-order optimiser such as Adam(lr=...) or SGD(lr=...)")
             elif self.level == "lower" and name in TORCH_OPTIMIZERS:
-                self.scope.error(f"{name} cannot be the inner optimiser: blodsl differentiates through "
-                                 f"{' and '.join(INNER_OPTIMIZERS)} steps only", value.span,
-                                 fix="use SGD (momentum, nesterov, weight_decay) or Adam")
+                self.scope.error(f"{name} cannot be the inner optimiser: blodsl differentiates through the steps "
+                                 f"of {', '.join(INNER_OPTIMIZERS)} only", value.span,
+                                 fix="use one of those, e.g. Adam or AdamW in place of NAdam or RAdam")
             else:
                 self.scope.error(f"unknown optimiser{f' {name!r}' if name else ''}", value.span,
                                  fix=suggest(name or "", known) or "optimisers: " + ", ".join(known))

@@ -45,7 +45,7 @@ class Problem(rt.Problem):
                 "shallow": rt.layers.MLP(self.sizes["train.features"], [32], self.sizes["train.classes"]),  # architecture_search.blo:23
                 "deep": rt.layers.MLP(self.sizes["train.features"], [64, 64], self.sizes["train.classes"], activation="tanh"),  # architecture_search.blo:24
             },
-            optimizer=rt.inner.SGD(lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False),  # architecture_search.blo:26
+            optimizer=rt.inner.SGD(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),  # architecture_search.blo:26
             steps=1, start="warm",  # architecture_search.blo:28
         )
 

@@ -43,7 +43,7 @@ class Problem(rt.Problem):
             models={
                 "net": rt.layers.Linear(self.sizes["train.features"], self.sizes["train.classes"]),  # hyper_cleaning.blo:26
             },
-            optimizer=rt.inner.SGD(lr=0.5, momentum=0.9, weight_decay=0.0, nesterov=False),  # hyper_cleaning.blo:28
+            optimizer=rt.inner.SGD(lr=0.5, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False),  # hyper_cleaning.blo:28
             steps=20, start="warm",  # hyper_cleaning.blo:30
         )
 

@@ -43,7 +43,7 @@ class Problem(rt.Problem):
             models={
                 "net": rt.layers.Linear(self.sizes["train.features"], self.sizes["train.classes"]),  # hyper_cleaning_first_order.blo:30
             },
-            optimizer=rt.inner.SGD(lr=0.5, momentum=0.0, weight_decay=0.0, nesterov=False),  # hyper_cleaning_first_order.blo:32
+            optimizer=rt.inner.SGD(lr=0.5, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),  # hyper_cleaning_first_order.blo:32
             steps=20, start="warm",  # hyper_cleaning_first_order.blo:34
         )
 

@@ -43,7 +43,7 @@ class Problem(rt.Problem):
             models={
                 "net": rt.layers.Linear(self.sizes["train.features"], self.sizes["train.classes"]),  # l2_regularisation.blo:24
             },
-            optimizer=rt.inner.SGD(lr=0.5, momentum=0.0, weight_decay=0.0, nesterov=False),  # l2_regularisation.blo:26
+            optimizer=rt.inner.SGD(lr=0.5, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),  # l2_regularisation.blo:26
             steps=100, start="warm",  # l2_regularisation.blo:28
         )
 

@@ -42,7 +42,7 @@ class Problem(rt.Problem):
                 "w": rt.Init("zeros", (self.sizes["train.features"],)),  # ridge_regression.blo:19
             },
             models={},
-            optimizer=rt.inner.SGD(lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False),  # ridge_regression.blo:21
+            optimizer=rt.inner.SGD(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),  # ridge_regression.blo:21
             steps=200, start="warm",  # ridge_regression.blo:23
         )
 

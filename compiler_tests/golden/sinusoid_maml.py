@@ -43,7 +43,7 @@ class Problem(rt.Problem):
             models={
                 "learner": rt.layers.MLP(1, [40, 40], 1),  # sinusoid_maml.blo:32
             },
-            optimizer=rt.inner.SGD(lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False),  # sinusoid_maml.blo:34
+            optimizer=rt.inner.SGD(lr=0.01, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),  # sinusoid_maml.blo:34
             steps=5, start="from", start_from="meta",  # sinusoid_maml.blo:36
         )
 
