@@ -64,6 +64,9 @@ def _arguments() -> argparse.ArgumentParser:
     run.add_argument("--no-baseline", action="store_true", help="skip the program's baseline comparison")
     run.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on stdout")
     run.add_argument("--out", metavar="DIR", help="the run folder (default: a new runs/PROGRAM-NNN)")
+    fmt = commands.add_parser("fmt", help="rewrite .blo files in the canonical layout")
+    fmt.add_argument("files", nargs="+", metavar="FILE")
+    fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 listing the files that would change")
     plot = commands.add_parser("plot", help="overlay the curves of run folders in one picture")
     plot.add_argument("runs", nargs="+", metavar="RUN")
     plot.add_argument("-o", "--output", metavar="OUT", default="runs.png", help="the picture (default: runs.png)")
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "plot":
         return _plot(args)
+    if args.command == "fmt":
+        from .tooling.format import format_files
+
+        return format_files(args.files, check=args.check)
     status = EXIT_OK
     for path in args.files if args.command == "check" else [args.file]:
         checked = _checked(path, args.settings)
