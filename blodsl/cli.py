@@ -67,6 +67,9 @@ def _arguments() -> argparse.ArgumentParser:
     fmt = commands.add_parser("fmt", help="rewrite .blo files in the canonical layout")
     fmt.add_argument("files", nargs="+", metavar="FILE")
     fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 listing the files that would change")
+    operators = commands.add_parser("operators", help="the pipeline operators' cheat sheet, or one operator's card")
+    operators.add_argument("name", nargs="?", metavar="NAME")
+    commands.add_parser("lsp", help="the language server, over stdio (needs pygls: pip install \"blodsl[lsp]\")")
     plot = commands.add_parser("plot", help="overlay the curves of run folders in one picture")
     plot.add_argument("runs", nargs="+", metavar="RUN")
     plot.add_argument("-o", "--output", metavar="OUT", default="runs.png", help="the picture (default: runs.png)")
@@ -105,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         from .tooling.format import format_files
 
         return format_files(args.files, check=args.check)
+    if args.command == "operators":
+        from .tooling.cheatsheet import operators_main
+
+        return operators_main(args.name)
+    if args.command == "lsp":
+        return _lsp()
     status = EXIT_OK
     for path in args.files if args.command == "check" else [args.file]:
         checked = _checked(path, args.settings)
@@ -305,6 +314,15 @@ def _train(args, program, source, settings, out, resume, tensorboard) -> int:
         print(f"{program.path}:{where[0]}: error: {where[1]} failed while running: {type(e).__name__}: {e}",
               file=sys.stderr)
         return EXIT_INVALID
+    return EXIT_OK
+
+
+def _lsp() -> int:
+    if importlib.util.find_spec("pygls") is None:
+        return _usage('the language server needs pygls: pip install "blodsl[lsp]"')
+    from .tooling.lsp import serve
+
+    serve()
     return EXIT_OK
 
 
