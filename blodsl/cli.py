@@ -318,10 +318,12 @@ def _train(args, program, source, settings, out, resume, tensorboard) -> int:
 
 
 def _lsp() -> int:
-    if importlib.util.find_spec("pygls") is None:
+    try:
+        from .tooling.lsp import serve
+    except ImportError as e:
+        if (e.name or "").partition(".")[0] not in ("pygls", "lsprotocol"):
+            raise
         return _usage('the language server needs pygls: pip install "blodsl[lsp]"')
-    from .tooling.lsp import serve
-
     serve()
     return EXIT_OK
 
