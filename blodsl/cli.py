@@ -96,6 +96,14 @@ FLAGS = ("outer_steps", "device", "dtype", "seed", "checkpoint_every")   # `blod
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:   # the reader of the output went away: `blodsl operators | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so that the flush at exit is quiet
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     args = _arguments().parse_args(argv)
     if args.command is None:
         _arguments().print_help(sys.stderr)
