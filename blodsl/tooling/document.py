@@ -188,7 +188,7 @@ class Document:
 
     def _declaration(self, declared: Declared) -> str:
         lines = self.lines[declared.statement.line - 1: declared.statement.end_line]
-        indent = min(len(t) - len(t.lstrip()) for t in lines if t.strip())
+        indent = min((len(t) - len(t.lstrip()) for t in lines if t.strip()), default=0)
         where = f" of the {declared.level} level" if declared.level in ("upper", "lower") else ""
         code = "\n".join(t[indent:] for t in lines)
         return f"```blo\n{code}\n```\n{declared.kind}{where}, declared on line {declared.span.line}"

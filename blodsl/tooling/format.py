@@ -28,7 +28,6 @@ from pathlib import Path
 
 from lark import Token
 
-from ..runs.folder import write_atomically
 from ..syntax.diagnostics import BloError, render_all
 from ..syntax.parser import decode, parse_with_tokens
 from ..syntax.source import Source
@@ -228,6 +227,8 @@ def _format_file(path: Path, check: bool) -> int:
     if check:
         print(f"would reformat {path}")
         return 1
+    from ..runs.folder import write_atomically   # here: it needs fcntl, which the language server does not
+
     target = path.resolve()   # through a symbolic link, the file it names
 
     def write(temporary: Path):
