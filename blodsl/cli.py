@@ -64,6 +64,12 @@ def _arguments() -> argparse.ArgumentParser:
     run.add_argument("--no-baseline", action="store_true", help="skip the program's baseline comparison")
     run.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on stdout")
     run.add_argument("--out", metavar="DIR", help="the run folder (default: a new runs/PROGRAM-NNN)")
+    fmt = commands.add_parser("fmt", help="rewrite .blo files in the canonical layout")
+    fmt.add_argument("files", nargs="+", metavar="FILE")
+    fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 listing the files that would change")
+    operators = commands.add_parser("operators", help="the pipeline operators' cheat sheet, or one operator's card")
+    operators.add_argument("name", nargs="?", metavar="NAME")
+    commands.add_parser("lsp", help="the language server, over stdio (needs pygls: pip install \"blodsl[lsp]\")")
     plot = commands.add_parser("plot", help="overlay the curves of run folders in one picture")
     plot.add_argument("runs", nargs="+", metavar="RUN")
     plot.add_argument("-o", "--output", metavar="OUT", default="runs.png", help="the picture (default: runs.png)")
@@ -90,6 +96,14 @@ FLAGS = ("outer_steps", "device", "dtype", "seed", "checkpoint_every")   # `blod
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:   # the reader of the output went away: `blodsl operators | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so that the flush at exit is quiet
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     args = _arguments().parse_args(argv)
     if args.command is None:
         _arguments().print_help(sys.stderr)
@@ -98,6 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "plot":
         return _plot(args)
+    if args.command == "fmt":
+        from .tooling.format import format_files
+
+        return format_files(args.files, check=args.check)
+    if args.command == "operators":
+        from .tooling.cheatsheet import operators_main
+
+        return operators_main(args.name)
+    if args.command == "lsp":
+        return _lsp()
     status = EXIT_OK
     for path in args.files if args.command == "check" else [args.file]:
         checked = _checked(path, args.settings)
@@ -298,6 +322,17 @@ def _train(args, program, source, settings, out, resume, tensorboard) -> int:
         print(f"{program.path}:{where[0]}: error: {where[1]} failed while running: {type(e).__name__}: {e}",
               file=sys.stderr)
         return EXIT_INVALID
+    return EXIT_OK
+
+
+def _lsp() -> int:
+    try:
+        from .tooling.lsp import serve
+    except ImportError as e:
+        if (e.name or "").partition(".")[0] not in ("pygls", "lsprotocol"):
+            raise
+        return _usage('the language server needs pygls: pip install "blodsl[lsp]"')
+    serve()
     return EXIT_OK
 
 

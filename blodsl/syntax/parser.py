@@ -56,6 +56,7 @@ class Newlines:
     always_accept = ("_NL",)
 
     def __init__(self):
+        self.read: list[Token] | None = None   # where every token passing through is kept, if anywhere
         self.open: list[Token] = []
         self.block_names: dict[tuple[int, int], str] = {}  # position of '{' -> the block's name
 
@@ -63,6 +64,8 @@ class Newlines:
         self.open, self.block_names = [], {}
         last = None
         for token in stream:
+            if self.read is not None:
+                self.read.append(token)
             if token.type in _OPENERS:
                 self.open.append(token)
                 if token.type == "LBRACE" and last is not None and last.type == "NAME":
@@ -244,8 +247,40 @@ def _too_deep(tree) -> Diagnostic | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _recording_lark() -> tuple[Lark, Newlines]:
+    """The same parser, keeping every token it reads in its post-lexer's `read`: the comments
+    too (from the lexer, which otherwise drops them), and the newlines inside brackets."""
+    postlex = Newlines()
+    postlex.read = []
+    parser = Lark(grammar_text(), parser="lalr", lexer="contextual", postlex=postlex, propagate_positions=True,
+                  maybe_placeholders=False, lexer_callbacks={"COMMENT": _keep_in(postlex.read)})
+    return parser, postlex
+
+
+def _keep_in(read: list):
+    def keep(token: Token) -> Token:
+        read.append(token)
+        return token
+
+    return keep
+
+
+def parse_with_tokens(source: Source) -> tuple[ast.File, list[Token]]:
+    """The syntax tree and every token of the text in order: comments and line breaks (those
+    inside brackets too) included, spaces and backslash continuations left out."""
+    parser, postlex = _recording_lark()
+    postlex.read.clear()
+    tree = _parse(source, parser, postlex)
+    return tree, sorted(postlex.read, key=lambda t: t.start_pos)
+
+
 def parse(source: Source) -> ast.File:
     parser, postlex = _lark()
+    return _parse(source, parser, postlex)
+
+
+def _parse(source: Source, parser: Lark, postlex: Newlines) -> ast.File:
     try:
         tree = parser.parse(source.text)
         too_deep = _too_deep(tree)
