@@ -155,6 +155,13 @@ def _differentiation(op: catalogue.Operator, rows) -> list[str]:
         out.append(f"cuts the differentiated trajectory off from the lower level's start: not with "
                    f"{_names(restarting)} before a trajectory terminal, and beside {_names(learning)} the lower "
                    "objective must read the start")
+    if op.sees_settings is not None:
+        seen = f" but {_names(sorted(op.sees_settings))}" if op.sees_settings else ""
+        out.append(f"learns no inner-optimiser setting{seen} (`SGD(lr=exp(log_lr))`): it "
+                   + op.settings_blind.format(key="settings"))
+    elif op.differentiates == "trajectory":
+        out.append("learns inner-optimiser settings written from upper variables (`SGD(lr=exp(log_lr))`, "
+                   "`SGD(lr=lrs)` per weight) through the steps they make")
     if op.direct_only:
         out.append("gives the upper variables (but a learned start) only the direct gradient of the upper objective: "
                    "the upper objective must read each of them")
