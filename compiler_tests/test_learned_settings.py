@@ -145,6 +145,19 @@ def test_equal_per_weight_rates_are_the_scalar_rate():
     assert_close(total, scalar["lr"])
 
 
+def test_per_weight_log_rates_are_the_chain_rule_of_the_rates():
+    rates = build(META_SGD.replace("LR", "0.05"))
+    logs = build(META_SGD.replace("var lrs = like(meta, value=LR)", "var log_lrs = like(meta, value=LOG")
+                 .replace("LOG", repr(float(torch.log(torch.tensor(0.05, dtype=D))))  + ")")
+                 .replace("SGD(lr=lrs)", "SGD(lr=exp(log_lrs))"))
+    by_rate, by_log = rates.hypergradient(), logs.hypergradient()
+    for name, g in by_rate.items():
+        if name.startswith("lrs."):   # d/dlog = lr * d/dlr
+            assert_close(by_log["log_" + name], 0.05 * g, rtol=1e-9)
+        else:
+            assert_close(by_log[name], g, rtol=1e-9)
+
+
 def test_per_weight_rates_run_and_move():
     pipeline = build(META_SGD.replace("LR", "0.05"))
     before = {k: v.clone() for k, v in pipeline.x["lrs"].items()}
@@ -243,8 +256,16 @@ def test_per_weight_rates_need_one_lower_model_of_that_structure():
     assert "'lrs' mirrors the weights of mismatch, and the lower level's variables are not one model" in text
 
 
+def test_per_weight_rates_take_elementwise_functions_only():
+    text = errors(META_SGD.replace("LR", "0.05").replace("SGD(lr=lrs)", "SGD(lr=sum(lrs))"))
+    assert "SGD's lr per weight is 'lrs' itself or an elementwise function of it and numbers" in text
+    text = errors(META_SGD.replace("LR", "0.05").replace("SGD(lr=lrs)", "SGD(lr=0.1, momentum=sigmoid(lrs))"))
+    assert "SGD's momentum is one number; 'lrs' holds one per weight" in text
+
+
 def test_per_weight_rates_are_not_values():
-    text = errors(META_SGD.replace("LR", "0.05").replace("SGD(lr=lrs)", "SGD(lr=lrs * 2)"))
+    text = errors(META_SGD.replace("LR", "0.05").replace("mse(learner(tasks.query_x), tasks.query_y)",
+                                                         "mse(learner(tasks.query_x), tasks.query_y) + sum(lrs)", 1))
     assert "'lrs' holds one number per weight of meta; it is a setting of the inner optimiser" in text
 
 

@@ -300,9 +300,13 @@ class Emitter:
 
     def setting(self, e) -> str:
         """A learned setting's value; one rate per weight covers the lower level's one model."""
-        if isinstance(e, ir.VarRef) and self.declared("upper", e.name).init == "like":
-            return f"{{{lit(self.p.lower.models[0].name)}: {self.local(e.name)}}}"
-        return self.expr(e)
+        weights = [n for level, n in ir.references(e) if self.declared(level, n).init == "like"]
+        if not weights:
+            return self.expr(e)
+        rates, name = self.local(weights[0]), lit(self.p.lower.models[0].name)
+        if isinstance(e, ir.VarRef):
+            return f"{{{name}: {rates}}}"
+        return f"{{{name}: rt.trees.tree_map(lambda {rates}: {self.expr(e)}, {rates})}}"
 
     def declared_anywhere(self, name: str):
         return next(d for level in (self.p.upper, self.p.lower) for d in level.variables + level.models

@@ -6,6 +6,8 @@ are looked up in, and problems reported to, the scope it is given.
 
 from __future__ import annotations
 
+import contextlib
+
 from .. import ir
 from ..catalogue.builtins import FUNCTIONS, METRICS, TAKES_MODEL, builtin_kind
 from ..syntax import ast
@@ -18,6 +20,16 @@ from .scope import Scope
 class Expressions:
     def __init__(self, scope: Scope):
         self.scope = scope
+        self.weights_read: str | None = None   # a per-weight variable read as a value, in a per-weight rate
+
+    @contextlib.contextmanager
+    def reading_weights(self, name: str):
+        """While a per-weight rate (`lr=exp(log_lrs)`) is resolved, its variable is a value."""
+        self.weights_read = name
+        try:
+            yield
+        finally:
+            self.weights_read = None
 
     def expr(self, e: ast.Expr, metric: bool) -> tuple[ir.Expr, str] | None:
         """(IR expression, kind) where kind is tensor, number, string, bool, model, list or None;
@@ -92,7 +104,7 @@ class Expressions:
         self.scope.used.add(name)
         if sym.kind == "broken":
             return None
-        if sym.kind == "var" and sym.decl is not None and sym.decl.init == "like":
+        if sym.kind == "var" and sym.decl is not None and sym.decl.init == "like" and name != self.weights_read:
             self.scope.error(f"'{name}' holds one number per weight of {sym.decl.args['model']}; it is a setting of "
                              "the inner optimiser, not a value", e.span, fix=f"use it as SGD(lr={name})")
             return None

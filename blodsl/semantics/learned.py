@@ -68,9 +68,9 @@ def learned_setting(scope: Scope, expressions: Expressions, optimizer: str, row:
         scope.error(f"{subject} must be a constant", value.span,
                     fix="only numeric settings can be learned from upper variables")
         return NO_VALUE
-    weights = _weights_variable(scope, value)
-    if weights is not None:
-        return _per_weight(scope, subject, key, value, weights, lower_declared)
+    weights = _weights_read(scope, value)
+    if weights:
+        return _per_weight(scope, expressions, subject, key, value, weights, lower_declared)
     if row.type is list:
         items = value.items if isinstance(value, (ast.ListExpr, ast.TupleExpr)) else None
         if items is None or (row.length is not None and len(items) != row.length):
@@ -114,27 +114,60 @@ def _scalar_variable(scope: Scope, name: str) -> bool:
     return sym.kind == "var" and sym.decl.init != "like" and not sym.decl.shape
 
 
-def _weights_variable(scope: Scope, value: ast.Expr) -> ir.Variable | None:
-    sym = scope.symbols.get(value.id) if isinstance(value, ast.Name) else None
-    return sym.decl if sym is not None and sym.kind == "var" and sym.decl.init == "like" else None
+def _weights_read(scope: Scope, value: ast.Expr) -> list[ir.Variable]:
+    """The per-weight variables (`like(...)`) an expression names."""
+    found = []
+    for node in ast.walk(value):
+        sym = scope.symbols.get(node.id) if isinstance(node, ast.Name) else None
+        if sym is not None and sym.kind == "var" and sym.decl.init == "like" and sym.decl not in found:
+            found.append(sym.decl)
+    return found
 
 
-def _per_weight(scope: Scope, subject: str, key: str, value: ast.Name, weights: ir.Variable, lower_declared: list):
-    """`lr=lrs`: one rate per weight; the lower level must be one model of the structure lrs mirrors."""
-    scope.used.add(value.id)
+# What a per-weight rate may apply to its variable: one number per weight in, one out.
+PER_WEIGHT_FUNCTIONS = ("exp", "sigmoid", "softplus", "abs", "sqrt", "log", "tanh", "relu")
+
+
+def _per_weight(scope: Scope, expressions: Expressions, subject: str, key: str, value: ast.Expr,
+                weights: list[ir.Variable], lower_declared: list):
+    """`lr=lrs` or `lr=exp(log_lrs)`: one rate per weight, the lower level one model of the structure
+    the variable mirrors."""
+    first = weights[0]
     if key != "lr":
-        scope.error(f"{subject} is one number; '{value.id}' holds one per weight", value.span,
+        scope.error(f"{subject} is one number; '{first.name}' holds one per weight", value.span,
                     fix="only lr takes one value per weight, e.g. SGD(lr=lrs)")
         return NO_VALUE
-    target = scope.symbols.get(weights.args["model"])
-    models = [d for d in lower_declared if isinstance(d, ir.Model)]
+    if len(weights) > 1 or not _elementwise_of(value, first.name):
+        scope.error(f"{subject} per weight is '{first.name}' itself or an elementwise function of it and numbers",
+                    value.span, fix=f"write e.g. lr={first.name}, or lr=exp({first.name}) with {first.name} "
+                                    f"holding log-rates; functions: {', '.join(PER_WEIGHT_FUNCTIONS)}")
+        return NO_VALUE
+    target = scope.symbols.get(first.args["model"])
     if target is None or target.kind != "model":
         return NO_VALUE   # reported at the declaration
+    models = [d for d in lower_declared if isinstance(d, ir.Model)]
     if len(models) != 1 or len(lower_declared) != 1 or models[0].spec != target.decl.spec:
-        scope.error(f"'{value.id}' mirrors the weights of {target.decl.name}, and the lower level's variables are "
+        scope.error(f"'{first.name}' mirrors the weights of {target.decl.name}, and the lower level's variables are "
                     "not one model of that structure", value.span,
                     notes=[(target.span, f"{target.decl.name} is declared here")],
                     fix="declare lrs = like(M) with M the lower level's one model (or an upper model of the same "
                         "layers)")
         return NO_VALUE
-    return ir.VarRef(level="upper", name=value.id, span=ir.Written.of(value.span))
+    with expressions.reading_weights(first.name):
+        resolved = expressions.expr(value, metric=False)
+    return NO_VALUE if resolved is None else resolved[0]
+
+
+def _elementwise_of(value: ast.Expr, name: str) -> bool:
+    match value:
+        case ast.Name(id=n):
+            return n == name
+        case ast.Number():
+            return True
+        case ast.UnaryOp(operand=operand):
+            return _elementwise_of(operand, name)
+        case ast.BinOp(op=op, left=left, right=right) if op in ("+", "-", "*", "/", "**"):
+            return _elementwise_of(left, name) and _elementwise_of(right, name)
+        case ast.Call(func=ast.Name(id=fn), args=[arg], kwargs=[]) if fn in PER_WEIGHT_FUNCTIONS:
+            return _elementwise_of(arg, name)
+    return False

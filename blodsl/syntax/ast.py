@@ -156,6 +156,18 @@ class File(Node):
     items: list[Import | Block | Statement]
 
 
+def walk(node):
+    """Every node under `node` (a node or a list of them), parents first."""
+    if isinstance(node, list):
+        for item in node:
+            yield from walk(item)
+    elif isinstance(node, Node):
+        yield node
+        for f in fields(node):
+            if f.compare:
+                yield from walk(getattr(node, f.name))
+
+
 def dump(node, indent: int = 0) -> str:
     """An indented rendering of a tree, each node with its line:col (`blodsl compile --emit ast`)."""
     pad = "  " * indent
