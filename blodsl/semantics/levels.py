@@ -252,6 +252,12 @@ class LevelBlock:
             args[key] = checked_value(self.scope, allowed[key], kw.value, f"{name}'s {key}")
             if args[key] is NO_VALUE:
                 return None
+        if args.get("nesterov") and (not (args.get("momentum") or "momentum" in learned)
+                                     or args.get("dampening") or "dampening" in learned):
+            kw = next(kw for kw in value.kwargs if kw.name.text == "nesterov")
+            self.scope.error("Nesterov momentum needs a momentum and no dampening", kw.span,
+                             fix="write momentum=0.9 (and leave dampening out), or remove nesterov=True")
+            return None
         return ir.Optimizer(name=name, args=args, line=setting.span.line, learned=learned)
 
     def scheduler(self, setting: ast.Setting, optimizer: ir.Optimizer | None):
