@@ -43,6 +43,8 @@ HYPER_CLEANING = dict(train=5000, val=5000, test=10000, features=784, classes=10
 L2_LOGREG = dict(train=500, val=500, informative=10, inner_lr=0.5, outer_lr=0.05, init=-3.0)
 MAML = dict(tasks=25, shots=10, queries=10, hidden=40, inner_lr=0.01, outer_lr=1e-3, steps=5)
 META_SGD_INIT = math.log(MAML["inner_lr"])     # every weight's learned log rate starts at problem 3's rate
+# meta_sgd's rates reach the hypergradient only through the inner steps' derivatives, which FOA drops
+META_LEARNING = {"maml": ("IAD", "FOA->IAD"), "meta_sgd": ("IAD",)}    # the methods of problems 3 and 5
 METHODS = dict(CG=dict(k=10, tol=1e-10), NS=dict(k=10), FD=dict(r=0.01), DI=dict(lr=0.01))
 
 # The first-order suite: outer steps before the test accuracy is read. Every case of the suite

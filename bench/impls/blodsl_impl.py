@@ -38,7 +38,7 @@ def source(case: Case) -> str:
 
 class Runner:
     def __init__(self, case: Case, device: str, compile: bool = True):
-        meta_learning = case.problem in ("maml", "meta_sgd")
+        meta_learning = case.problem in problems.META_LEARNING
         if meta_learning:
             bindings = {}
         else:

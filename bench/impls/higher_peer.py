@@ -25,8 +25,7 @@ def make(case: Case, device: str = "cpu"):
         raise Unsupported(problems.NO_FIRST_ORDER)
     if case.method in ("CG", "NS", "FD", "IGA"):
         raise Unsupported("higher differentiates unrolled loops only; no implicit/approximate hypergradients")
-    meta_learning = {"maml": ("IAD", "FOA->IAD"), "meta_sgd": ("IAD",)}
-    if case.method in meta_learning.get(case.problem, ()):
+    if case.method in problems.META_LEARNING.get(case.problem, ()):
         return _Maml(case, device)
     if case.problem in ("hyper_cleaning", "rad_memory", "l2_logreg") and case.method in UNROLLED:
         return _Linear(case, device)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as nnf
 from torch.func import grad, vjp, vmap
 
-from bench.problems import (FIRST_ORDER, HYPER_CLEANING, L2_LOGREG, MAML, META_SGD_INIT, METHODS, Case,
-                            Unsupported, hyper_cleaning_data, l2_logreg_data, maml_batch, maml_init)
+from bench.problems import (FIRST_ORDER, HYPER_CLEANING, L2_LOGREG, MAML, META_LEARNING, META_SGD_INIT, METHODS,
+                            Case, Unsupported, hyper_cleaning_data, l2_logreg_data, maml_batch, maml_init)
 
 WHOLE = 20      # inner loops up to this length are compiled whole
 
@@ -361,8 +361,8 @@ def make(case: Case, device: str = "cpu"):
     if case.method in FIRST_ORDER:
         raise Unsupported("the hand-written reference covers the hypergradient pipelines, not the first-order "
                           "methods or DM")
-    if case.problem in ("maml", "meta_sgd"):
-        if case.method not in (("IAD", "FOA->IAD") if case.problem == "maml" else ("IAD",)):
+    if case.problem in META_LEARNING:
+        if case.method not in META_LEARNING[case.problem]:
             raise Unsupported(case.method)
         return _Maml(case, device)
     return _Linear(case, device)

@@ -31,8 +31,8 @@ from torchopt.base import EmptyState, GradientTransformation
 def make(case: Case, device: str = "cpu"):
     if case.method in P.FIRST_ORDER:
         raise Unsupported(P.NO_FIRST_ORDER)
-    if case.problem in ("maml", "meta_sgd"):
-        if case.method not in (("IAD", "FOA->IAD") if case.problem == "maml" else ("IAD",)):
+    if case.problem in P.META_LEARNING:
+        if case.method not in P.META_LEARNING[case.problem]:
             raise Unsupported(f"{case.method} is not a meta-learning method")
         return _Maml(case, device)
     if case.method in ("RAD", "DI->RAD", "PTT->RAD"):
