@@ -19,6 +19,9 @@ the same maths from these definitions, so their hypergradients can be compared.
        f = mse(learner(support_x), support_y)   per task
        F = mean over tasks of mse(learner_T(query_x), query_y)
 4. rad_memory: problem 1 with RAD and T inner steps, for time and memory.
+5. meta_sgd: problem 3 where the upper level also learns one inner learning rate per
+   weight (Meta-SGD), as its log (upper: log_lrs, full(log(inner_lr)) per weight);
+   the inner step is w - exp(log_lrs) * g elementwise; IAD (full second order).
 
 Methods follow the README's definitions: RAD, CG(k, tol), NS(k, alpha = inner lr), FD(r),
 IGA, DI -> RAD, PTT -> RAD, IAD, FOA -> IAD; and on problem 1 the first-order
@@ -29,6 +32,7 @@ lower model's accuracy on a held-out clean test split.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +42,9 @@ HYPER_CLEANING = dict(train=5000, val=5000, test=10000, features=784, classes=10
                       outer_lr=0.01, l2=1e-3, steps=5)
 L2_LOGREG = dict(train=500, val=500, informative=10, inner_lr=0.5, outer_lr=0.05, init=-3.0)
 MAML = dict(tasks=25, shots=10, queries=10, hidden=40, inner_lr=0.01, outer_lr=1e-3, steps=5)
+META_SGD_INIT = math.log(MAML["inner_lr"])     # every weight's learned log rate starts at problem 3's rate
+# meta_sgd's rates reach the hypergradient only through the inner steps' derivatives, which FOA drops
+META_LEARNING = {"maml": ("IAD", "FOA->IAD"), "meta_sgd": ("IAD",)}    # the methods of problems 3 and 5
 METHODS = dict(CG=dict(k=10, tol=1e-10), NS=dict(k=10), FD=dict(r=0.01), DI=dict(lr=0.01))
 
 # The first-order suite: outer steps before the test accuracy is read. Every case of the suite
@@ -62,7 +69,7 @@ NOTES = {
 
 @dataclass(frozen=True)
 class Case:
-    problem: str            # hyper_cleaning, l2_logreg, maml, rad_memory
+    problem: str            # hyper_cleaning, l2_logreg, maml, rad_memory, meta_sgd
     method: str             # RAD, CG, NS, FD, IGA, DI->RAD, PTT->RAD, IAD, FOA->IAD
     steps: int              # inner steps T
     features: int = 0       # l2_logreg only
@@ -76,11 +83,15 @@ class Case:
 
     @property
     def inner_lr(self) -> float:
-        return {"maml": MAML, "l2_logreg": L2_LOGREG}.get(self.problem, HYPER_CLEANING)["inner_lr"]
+        return _sizes(self.problem)["inner_lr"]
 
     @property
     def outer_lr(self) -> float:
-        return {"maml": MAML, "l2_logreg": L2_LOGREG}.get(self.problem, HYPER_CLEANING)["outer_lr"]
+        return _sizes(self.problem)["outer_lr"]
+
+
+def _sizes(problem: str) -> dict:
+    return {"maml": MAML, "meta_sgd": MAML, "l2_logreg": L2_LOGREG}.get(problem, HYPER_CLEANING)
 
 
 class Unsupported(Exception):
@@ -100,9 +111,15 @@ class Runner(Protocol):
     #     """The lower linear model now: weight [classes, features], bias [classes]."""
 
 
+MLP_WEIGHTS = [f"{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]    # maml_init's keys
+
+
 def upper_names(case: Case) -> list[str]:
+    """The upper variables as blodsl's programs name them."""
     if case.problem == "maml":
-        return [f"{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+        return [f"meta.{w}" for w in MLP_WEIGHTS]
+    if case.problem == "meta_sgd":
+        return [f"{v}.{w}" for v in ("meta", "log_lrs") for w in MLP_WEIGHTS]
     return ["log_decay"] if case.problem == "l2_logreg" else ["w"]
 
 
@@ -229,6 +246,7 @@ def suite(name: str) -> list[Case]:
         return first_order_cases()
     hc = [Case("hyper_cleaning", m, HYPER_CLEANING["steps"]) for m in HC_METHODS]
     maml = [Case("maml", m, MAML["steps"]) for m in ("IAD", "FOA->IAD")]
+    maml.append(Case("meta_sgd", "IAD", MAML["steps"]))     # problem 5: problem 3 with learned rates
     if name == "quick":
         l2 = [Case("l2_logreg", m, 20, 50) for m in ("RAD", "CG")]
         memory = [Case("rad_memory", "RAD", t) for t in (10, 100)]

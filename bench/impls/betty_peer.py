@@ -51,7 +51,7 @@ UNSUPPORTED = {
 def make(case: Case, device: str = "cpu"):
     if case.method in P.FIRST_ORDER:
         raise Unsupported(P.NO_FIRST_ORDER)
-    if case.problem == "maml":
+    if case.problem in P.META_LEARNING:
         raise Unsupported("Betty has no MAML: the inner start is copied from the meta-model, not "
                           "differentiated (its meta-learning example is iMAML)")
     if case.method != "RAD" and case.method not in HYPERGRADIENT_TYPES:

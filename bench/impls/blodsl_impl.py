@@ -38,7 +38,8 @@ def source(case: Case) -> str:
 
 class Runner:
     def __init__(self, case: Case, device: str, compile: bool = True):
-        if case.problem == "maml":
+        meta_learning = case.problem in problems.META_LEARNING
+        if meta_learning:
             bindings = {}
         else:
             data = (problems.l2_logreg_data(case.features, device) if case.problem == "l2_logreg"
@@ -51,10 +52,14 @@ class Runner:
             raise Unsupported(f"blodsl's checker rejects it: {error.message}") from e
         self.names = problems.upper_names(case)
         with torch.no_grad():
-            if case.problem == "maml":      # the shared initial meta-model
+            if meta_learning:   # the shared initial meta-model (and meta_sgd's log rates)
                 init = problems.maml_init()
                 for name, t in self.pipeline.upper.items():
-                    t.copy_(init[name.split(".", 1)[1]])
+                    variable, weight = name.split(".", 1)
+                    if variable == "meta":
+                        t.copy_(init[weight])
+                    else:
+                        t.fill_(problems.META_SGD_INIT)
             else:                           # the lower model starts at zero, as everywhere in the benchmark
                 for t in [*self.pipeline.lower.values(), *(self.pipeline.start or {}).get("net", {}).values()]:
                     t.zero_()
@@ -65,8 +70,7 @@ class Runner:
 
     def hypergradient(self) -> list[torch.Tensor]:
         g = self.pipeline.hypergradient()
-        prefix = "meta." if self.names[0][0].isdigit() else ""
-        return [g[prefix + n] for n in self.names]
+        return [g[n] for n in self.names]
 
     def step(self) -> None:
         self.pipeline.step()

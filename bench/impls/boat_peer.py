@@ -149,6 +149,9 @@ class LogDecay(torch.nn.Module):
 def make(case: Case, device: str = "cpu"):
     if case.method not in OPS and case.method not in FO_OPS:
         raise Unsupported(f"{case.method} is not a BOAT operation combination")
+    if case.problem == "meta_sgd":
+        raise Unsupported("BOAT has no learned inner-optimiser settings: higher copies its torch.optim "
+                          "inner optimiser with the config's fixed lr (no override)")
     if (case.problem == "maml") != (case.method in ("IAD", "FOA->IAD")):
         raise Unsupported(f"{case.method} is not defined for {case.problem}")
     return _Runner(case, device, _feeds(case, device))

@@ -3,8 +3,9 @@
 higher turns a module and a torch optimiser into a functional model and a
 differentiable optimiser (`higher.innerloop_ctx`); the inner loop is unrolled on the
 autograd tape and the hypergradient is an ordinary backward pass through it.
-That covers RAD, DI -> RAD, PTT -> RAD, IAD (MAML) and FOA -> IAD (first-order MAML);
-higher has no implicit or approximate hypergradients (CG, NS, FD, IGA).
+That covers RAD, DI -> RAD, PTT -> RAD, IAD (MAML, and Meta-SGD's learned per-weight
+rates through `override`) and FOA -> IAD (first-order MAML); higher has no implicit or
+approximate hypergradients (CG, NS, FD, IGA).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def make(case: Case, device: str = "cpu"):
         raise Unsupported(problems.NO_FIRST_ORDER)
     if case.method in ("CG", "NS", "FD", "IGA"):
         raise Unsupported("higher differentiates unrolled loops only; no implicit/approximate hypergradients")
-    if case.problem == "maml" and case.method in ("IAD", "FOA->IAD"):
+    if case.method in problems.META_LEARNING.get(case.problem, ()):
         return _Maml(case, device)
     if case.problem in ("hyper_cleaning", "rad_memory", "l2_logreg") and case.method in UNROLLED:
         return _Linear(case, device)
@@ -110,7 +111,11 @@ class _Linear:
 
 class _Maml:
     """MAML on sinusoids, as in higher's MAML example: one innerloop_ctx per task,
-    copy_initial_weights=False so the meta-model's weights are the unrolled loop's start."""
+    copy_initial_weights=False so the meta-model's weights are the unrolled loop's start.
+    meta_sgd adds one learned log rate per weight, handed to higher's differentiable SGD with
+    `override` (no hand-written inner step needed): override takes one lr per parameter group,
+    so every weight gets a group of its own, and DifferentiableSGD's step p + (-lr) * g
+    broadcasts an lr tensor of the weight's shape elementwise."""
 
     def __init__(self, case: Case, device: str):
         self.case = case
@@ -120,8 +125,13 @@ class _Maml:
         self.model = torch.nn.Sequential(torch.nn.Linear(1, h), torch.nn.ReLU(), torch.nn.Linear(h, h),
                                          torch.nn.ReLU(), torch.nn.Linear(h, 1)).to(device)
         self.model.load_state_dict(problems.maml_init())
-        self.inner_opt = torch.optim.SGD(self.model.parameters(), lr=c["inner_lr"])
-        self.meta_opt = torch.optim.Adam(self.model.parameters(), lr=case.outer_lr)
+        weights = list(self.model.parameters())
+        self.log_lrs = ([torch.full_like(w, problems.META_SGD_INIT, requires_grad=True) for w in weights]
+                        if case.problem == "meta_sgd" else [])
+        groups = [dict(params=[w]) for w in weights] if self.log_lrs else weights   # override: an lr per group
+        self.inner_opt = torch.optim.SGD(groups, lr=c["inner_lr"])
+        self.params = weights + self.log_lrs
+        self.meta_opt = torch.optim.Adam(self.params, lr=case.outer_lr)
         # First-order MAML the way higher's maintainers suggest (issue #63): no higher-order
         # tape, and the query gradient w.r.t. the adapted weights is mapped onto the meta-weights.
         self.first_order = case.method == "FOA->IAD"
@@ -132,7 +142,8 @@ class _Maml:
         tasks = batch["support_x"].shape[0]
         for t in range(tasks):
             with higher.innerloop_ctx(self.model, self.inner_opt, copy_initial_weights=False,
-                                      track_higher_grads=not self.first_order) as (fnet, diffopt):
+                                      track_higher_grads=not self.first_order,
+                                      override=self._learned_rates()) as (fnet, diffopt):
                 for _ in range(self.case.steps):
                     diffopt.step(F.mse_loss(fnet(batch["support_x"][t]), batch["support_y"][t]))
                 query = F.mse_loss(fnet(batch["query_x"][t]), batch["query_y"][t]) / tasks
@@ -143,10 +154,15 @@ class _Maml:
                 else:
                     query.backward()  # through the 5 unrolled steps, per task to bound memory
 
+    def _learned_rates(self):
+        """meta_sgd's per-weight rates, one per parameter group; computed per task, because each
+        task's backward frees the graph it was built on."""
+        return {"lr": [t.exp() for t in self.log_lrs]} if self.log_lrs else None
+
     def hypergradient(self):
         self.meta_opt.zero_grad()
         self.meta_backward(self.batches[0])
-        grads = [p.grad.detach().clone() for p in self.model.parameters()]
+        grads = [p.grad.detach().clone() for p in self.params]
         self.meta_opt.zero_grad()
         return grads
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as nnf
 from torch.func import grad, vjp, vmap
 
-from bench.problems import (FIRST_ORDER, HYPER_CLEANING, L2_LOGREG, MAML, METHODS, Case, Unsupported,
-                            hyper_cleaning_data, l2_logreg_data, maml_batch, maml_init)
+from bench.problems import (FIRST_ORDER, HYPER_CLEANING, L2_LOGREG, MAML, META_LEARNING, META_SGD_INIT, METHODS,
+                            Case, Unsupported, hyper_cleaning_data, l2_logreg_data, maml_batch, maml_init)
 
 WHOLE = 20      # inner loops up to this length are compiled whole
 
@@ -278,50 +278,81 @@ def _mlp(w, x):
     return nnf.linear(h, w["4.weight"], w["4.bias"])
 
 
+def _mse(w, x, y):
+    return nnf.mse_loss(_mlp(w, x), y)
+
+
+def _adapt(w, lrs, sx, sy):
+    """The inner loop: SGD on the support loss, weight k at rate lrs[k] (a number, or one per
+    element for meta_sgd)."""
+    for _ in range(MAML["steps"]):
+        g = grad(_mse)(w, sx, sy)
+        w = {k: w[k] - lrs[k] * g[k] for k in w}
+    return w
+
+
+def _tasks(b):
+    return b["support_x"], b["support_y"], b["query_x"], b["query_y"]
+
+
 def _maml_hypergradient(first_order: bool):
-    lr, steps = MAML["inner_lr"], MAML["steps"]
-
-    def loss(w, x, y):
-        return nnf.mse_loss(_mlp(w, x), y)
-
-    def adapt(w, sx, sy):
-        for _ in range(steps):
-            g = grad(loss)(w, sx, sy)
-            w = {k: w[k] - lr * g[k] for k in w}
-        return w
+    def rates(w):
+        return {k: MAML["inner_lr"] for k in w}
 
     def task_loss(w, sx, sy, qx, qy):
-        return loss(adapt(w, sx, sy), qx, qy)
+        return _mse(_adapt(w, rates(w), sx, sy), qx, qy)
 
     def task_grad_fo(w, sx, sy, qx, qy):
         # first order: dy_T/dy_0 = I, so the query gradient at the adapted weights
-        return grad(loss)(adapt(w, sx, sy), qx, qy)
+        return grad(_mse)(_adapt(w, rates(w), sx, sy), qx, qy)
 
     def meta_grad(w, b):
-        batch = (b["support_x"], b["support_y"], b["query_x"], b["query_y"])
         if first_order:
-            g = vmap(task_grad_fo, in_dims=(None, 0, 0, 0, 0))(w, *batch)
+            g = vmap(task_grad_fo, in_dims=(None, 0, 0, 0, 0))(w, *_tasks(b))
             return {k: t.mean(0) for k, t in g.items()}
-        return grad(lambda w: vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(w, *batch).mean())(w)
+        return grad(lambda w: vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(w, *_tasks(b)).mean())(w)
 
     return _compile(meta_grad)
 
 
+def _meta_sgd_hypergradient():
+    """(w, log_lrs, batch) -> (dF/dw, dF/dlog_lrs), through every task's unrolled steps."""
+    def task_loss(w, lrs, sx, sy, qx, qy):
+        return _mse(_adapt(w, lrs, sx, sy), qx, qy)
+
+    def mean_loss(w, log_lrs, b):
+        lrs = {k: t.exp() for k, t in log_lrs.items()}     # once for all tasks
+        return vmap(task_loss, in_dims=(None, None, 0, 0, 0, 0))(w, lrs, *_tasks(b)).mean()
+
+    return _compile(grad(mean_loss, argnums=(0, 1)))
+
+
 class _Maml:
+    """maml, and meta_sgd with its learned log rates beside the meta-weights."""
+
     def __init__(self, case: Case, device):
         self.w = {k: t.to(device) for k, t in maml_init().items()}
+        self.log_lrs = ({k: torch.full_like(t, META_SGD_INIT) for k, t in self.w.items()}
+                        if case.problem == "meta_sgd" else {})
         self.batches = [maml_batch(i, device) for i in range(4)]
         self.i = 0
-        self.opt = _adam([dict(params=list(self.w.values()), lr=case.outer_lr)])
-        self.hg = _maml_hypergradient(case.method == "FOA->IAD")
+        self.params = [*self.w.values(), *self.log_lrs.values()]
+        self.opt = _adam([dict(params=self.params, lr=case.outer_lr)])
+        self.hg = _meta_sgd_hypergradient() if self.log_lrs else _maml_hypergradient(case.method == "FOA->IAD")
+
+    def _grads(self, batch) -> list[torch.Tensor]:
+        """The hypergradient in the order of self.params."""
+        if self.log_lrs:
+            gw, glr = self.hg(self.w, self.log_lrs, batch)
+            return [*gw.values(), *glr.values()]
+        return list(self.hg(self.w, batch).values())
 
     def hypergradient(self):
-        return list(self.hg(self.w, self.batches[0]).values())
+        return self._grads(self.batches[0])
 
     def step(self):
-        g = self.hg(self.w, self.batches[self.i % 4])
-        for k, p in self.w.items():
-            p.grad = g[k]
+        for p, g in zip(self.params, self._grads(self.batches[self.i % 4])):
+            p.grad = g
         self.opt.step()
         self.i += 1
 
@@ -330,8 +361,8 @@ def make(case: Case, device: str = "cpu"):
     if case.method in FIRST_ORDER:
         raise Unsupported("the hand-written reference covers the hypergradient pipelines, not the first-order "
                           "methods or DM")
-    if case.problem == "maml":
-        if case.method not in ("IAD", "FOA->IAD"):
+    if case.problem in META_LEARNING:
+        if case.method not in META_LEARNING[case.problem]:
             raise Unsupported(case.method)
         return _Maml(case, device)
     return _Linear(case, device)

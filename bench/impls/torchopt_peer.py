@@ -10,6 +10,10 @@
   stationarity condition grad_y f = 0, solved by `linear_solve.solve_cg` (H q = v, textbook CG)
   or `linear_solve.solve_inv(ns=True)` (alpha * sum_{i<=k} (I - alpha H)^i v).
 - FD, IGA: not provided by TorchOpt.
+- meta_sgd (IAD): TorchOpt's SGD (`torchopt.sgd`, `MetaSGD`) takes one learning rate for all
+  the weights, so the per-weight step -exp(log_lrs) * g is a `GradientTransformation` of our
+  own, run like `torchopt.sgd` in a functional inner loop (`torch.func.functional_call`,
+  `apply_updates`) whose inner gradients keep their graph.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ from torch import nn
 import torchopt
 from bench import problems as P
 from bench.problems import Case, Unsupported
+from torchopt.base import EmptyState, GradientTransformation
 
 
 def make(case: Case, device: str = "cpu"):
     if case.method in P.FIRST_ORDER:
         raise Unsupported(P.NO_FIRST_ORDER)
-    if case.problem == "maml":
-        if case.method not in ("IAD", "FOA->IAD"):
+    if case.problem in P.META_LEARNING:
+        if case.method not in P.META_LEARNING[case.problem]:
             raise Unsupported(f"{case.method} is not a meta-learning method")
         return _Maml(case, device)
     if case.method in ("RAD", "DI->RAD", "PTT->RAD"):
@@ -164,39 +169,70 @@ class _Implicit:
         self.y = tuple(t.detach() for t in y)  # warm start from y_T
 
 
+def _per_weight_sgd(rates: tuple[torch.Tensor, ...]) -> GradientTransformation:
+    """SGD whose rate is a tensor per weight, elementwise (Meta-SGD); never in place, so that the
+    step stays differentiable in the rates."""
+
+    def init(params):
+        return EmptyState()
+
+    def update(updates, state, *, params=None, inplace=True):
+        return tuple(-rate * g for rate, g in zip(rates, updates)), state
+
+    return GradientTransformation(init, update)
+
+
 class _Maml:
-    """MAML over 25 sinusoid tasks; IAD second order (MetaSGD), FOA->IAD first order."""
+    """MAML over 25 sinusoid tasks; IAD second order (MetaSGD), FOA->IAD first order; meta_sgd
+    (IAD) with a learned log rate per weight, in a functional inner loop."""
 
     def __init__(self, case: Case, device: str):
         c = P.MAML
         h = c["hidden"]
         self.net = nn.Sequential(nn.Linear(1, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1)).to(device)
         self.net.load_state_dict(P.maml_init())
+        self.names = [n for n, _ in self.net.named_parameters()]
         self.batches = [P.maml_batch(i, device) for i in range(4)]
-        self.meta_opt = torchopt.Adam(self.net.parameters(), lr=case.outer_lr)
+        self.log_lrs = ([torch.full_like(p, P.META_SGD_INIT, requires_grad=True) for p in self.net.parameters()]
+                        if case.problem == "meta_sgd" else [])
+        self.params = [*self.net.parameters(), *self.log_lrs]
+        self.meta_opt = torchopt.Adam(self.params, lr=case.outer_lr)
         self.steps, self.first_order = case.steps, case.method == "FOA->IAD"
+        self.functional = self.first_order or bool(self.log_lrs)
         if self.first_order:
             self.sgd = torchopt.sgd(lr=case.inner_lr)
-            self.names = [n for n, _ in self.net.named_parameters()]
-        else:
+        elif not self.log_lrs:
             self.inner_opt = torchopt.MetaSGD(self.net, lr=case.inner_lr)
         self.i = 0
 
+    def _inner_optimiser(self) -> GradientTransformation:
+        if self.log_lrs:    # the rates anew per task: each task's backward frees the graph they were on
+            return _per_weight_sgd(tuple(t.exp() for t in self.log_lrs))
+        return self.sgd
+
+    def _learner(self, weights, x):
+        return torch.func.functional_call(self.net, dict(zip(self.names, weights)), (x,))
+
+    def _adapt(self, x, y) -> tuple[torch.Tensor, ...]:
+        """The functional inner loop from the meta-weights. First order: the inner gradients are
+        taken without a graph, so they are constants and dy_T/dy_0 = I."""
+        sgd = self._inner_optimiser()
+        fast = tuple(self.net.parameters())
+        state = sgd.init(fast)
+        for _ in range(self.steps):
+            grads = torch.autograd.grad(F.mse_loss(self._learner(fast, x), y), fast,
+                                        create_graph=not self.first_order)
+            updates, state = sgd.update(grads, state, inplace=False)
+            fast = torchopt.apply_updates(fast, updates, inplace=False)
+        return fast
+
     def _backward(self, batch) -> None:
-        """Accumulate dF/dtheta, F = mean over tasks of the adapted learner's query mse."""
+        """Accumulate dF/dtheta (and dF/dlog_lrs), F = mean over tasks of the adapted learner's query mse."""
         sx, sy, qx, qy = batch["support_x"], batch["support_y"], batch["query_x"], batch["query_y"]
         tasks = sx.shape[0]
-        if self.first_order:
-            theta = tuple(self.net.parameters())
+        if self.functional:
             for t in range(tasks):
-                fast, state = theta, self.sgd.init(theta)
-                for _ in range(self.steps):
-                    loss = F.mse_loss(torch.func.functional_call(self.net, dict(zip(self.names, fast)), (sx[t],)), sy[t])
-                    grads = torch.autograd.grad(loss, fast)  # no graph: inner gradients are constants
-                    updates, state = self.sgd.update(grads, state, inplace=False)
-                    fast = torchopt.apply_updates(fast, updates, inplace=False)
-                out = torch.func.functional_call(self.net, dict(zip(self.names, fast)), (qx[t],))
-                (F.mse_loss(out, qy[t]) / tasks).backward()
+                (F.mse_loss(self._learner(self._adapt(sx[t], sy[t]), qx[t]), qy[t]) / tasks).backward()
         else:
             theta = torchopt.extract_state_dict(self.net)  # by reference: the meta-parameters
             inner_state = torchopt.extract_state_dict(self.inner_opt)
@@ -210,7 +246,7 @@ class _Maml:
     def hypergradient(self) -> list[torch.Tensor]:
         self.meta_opt.zero_grad()
         self._backward(self.batches[0])
-        grads = [p.grad.detach().clone() for p in self.net.parameters()]
+        grads = [p.grad.detach().clone() for p in self.params]
         self.meta_opt.zero_grad()
         return grads
 
