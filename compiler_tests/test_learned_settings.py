@@ -274,3 +274,47 @@ def test_summary_shows_learned_settings_as_written():
 
     checked = check_source(Source("p.blo", quadratic("SGD(lr=exp(log_lr), momentum=0.5)"))).program
     assert "SGD(lr=exp(log_lr), momentum=0.5," in summary(checked)
+
+
+# --- each inner optimiser under RAD against torch.optim's own steps ----------------------------------
+
+
+def torch_optim_central_difference(name: str, kwargs: dict, x: torch.Tensor, weights: torch.Tensor, steps: int):
+    """dF/dx, F = |y_T|^2, by central differences of `steps` steps of torch.optim.NAME itself on
+    f = 1/2 sum(weights * (y - x)^2) from y = 0. (torch's `differentiable=True` paths are no
+    oracle: SGD's detaches its first momentum buffer.)"""
+
+    def F(x):
+        y = torch.zeros_like(x, requires_grad=True)
+        optimizer = getattr(torch.optim, name)([y], **kwargs)
+        for _ in range(steps):
+            y.grad = (weights * (y - x)).detach()
+            optimizer.step()
+        return float((y.detach() ** 2).sum())
+
+    h = 1e-5
+    return torch.tensor([(F(x + h * e) - F(x - h * e)) / (2 * h) for e in torch.eye(len(x), dtype=D)], dtype=D)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("Adam", dict(lr=0.1, weight_decay=0.01)),
+    ("AdamW", dict(lr=0.1, betas=[0.8, 0.99])),
+    ("Adamax", dict(lr=0.1, weight_decay=0.01)),
+    ("RMSprop", dict(lr=0.05, momentum=0.5, centered=True, weight_decay=0.01)),
+    ("Adagrad", dict(lr=0.3, lr_decay=0.01, initial_accumulator_value=0.1)),
+    ("Adadelta", dict(lr=1.0, rho=0.8)),
+    ("ASGD", dict(lr=0.1, lambd=0.01, t0=2.0)),
+])
+def test_rad_through_each_inner_optimiser_differentiates_torch_optims_steps(name, kwargs):
+    x, weights = torch.tensor([1.0, -2.0, 0.5], dtype=D), torch.tensor([1.0, 2.0, 3.0], dtype=D)
+    written = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    source = program(data='train = input(fields=["w"])',
+                     upper="var x = input()\nobjective = sqnorm(y)\noptimizer = SGD(lr=0.1)",
+                     lower=f"var y = zeros(3)\nobjective = 0.5 * sum(train.w * (y - x) ** 2)\n"
+                           f"optimizer = {name}({written})\nsteps = 6",
+                     pipeline="RAD")
+    got = build(source, train={"w": weights}, x=x).hypergradient()["x"]
+    as_torch = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    assert_close(got, torch_optim_central_difference(name, as_torch, x, weights, steps=6), rtol=1e-7)
