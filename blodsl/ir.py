@@ -177,6 +177,7 @@ class Dataset(Node):
     fields: list[str]
     sizes: list[str]
     tasks: bool = False
+    batch: int | None = None  # samples per read inside an objective (None: the whole dataset)
     line: int
     span: At = None           # the dataset's name
 

@@ -146,7 +146,8 @@ def test_input_bindings_declare_fields():
                         'train = input(fields=["x", "y", "weight"])\n    val = input()\n    test = input()')
     datasets = check_text(text).program.datasets
     assert [(d.name, d.source, d.fields) for d in datasets] == [
-        ("train", "input", ["x", "y", "weight"]), ("val", "input", ["x", "y"]), ("test", "input", ["x", "y"])]
+        ("train", "input", ["x", "y", "weight", "index"]), ("val", "input", ["x", "y", "index"]),
+        ("test", "input", ["x", "y", "index"])]
 
 
 @pytest.mark.parametrize("line,message", [

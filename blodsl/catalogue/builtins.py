@@ -133,6 +133,9 @@ class DataSource:
 
 _TABLE_SIZES = ("n", "features", "classes")
 
+# Every table's field of sample numbers: `w[train.index]` reads the weights of a minibatch's samples.
+INDEX = "index"
+
 # What each data-source argument must be, whichever source takes it; a loader owns the defaults.
 DATA_ARGS = rows(
     Param("split", list, low=0, low_open=True, total_at_most=1,

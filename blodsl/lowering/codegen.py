@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from .. import __version__, ir
+from ..catalogue.builtins import INDEX
 
 # Python's precedence for the operators the language shares with it.
 _PRECEDENCE = {"compare": 1, "+": 2, "-": 2, "*": 3, "/": 3, "@": 3, "%": 3, "unary": 4, "**": 5}
@@ -189,6 +190,9 @@ class Emitter:
         used = sorted(_datasets(p.upper.objective.expr) | _datasets(p.lower.objective.expr))
         self.emit(f"data_used = {lit(used)}", 1)
         self.emit(f"lower_data = {lit(sorted(_datasets(p.lower.objective.expr)))}", 1)
+        batches = {d.name: d.batch for d in p.datasets if d.batch is not None}
+        if batches:
+            self.emit(f"batches = {lit(batches)}  # samples per read of these datasets in an objective", 1)
         self.emit("metrics = {", 1)
         for m in run.metrics:
             reads = sorted(_datasets(m.expr))
@@ -211,7 +215,8 @@ class Emitter:
             targets = ", ".join(self.local(d.name) for d in group)
             names += [d.name for d in group]
             if first.source == "input":
-                call = f'rt.data.bound("{first.name}", self.bound("{first.name}", "a dataset"), {lit(first.fields)})'
+                bound = [f for f in first.fields if f != INDEX]   # the runtime numbers the samples
+                call = f'rt.data.bound("{first.name}", self.bound("{first.name}", "a dataset"), {lit(bound)})'
             else:
                 args = dict(first.args)
                 if first.source != "sinusoid" and "split" not in args:

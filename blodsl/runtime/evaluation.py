@@ -59,15 +59,17 @@ class Evaluation:
         self.levels = {"upper": pipeline.x, "lower": pipeline.y}
         self.data: dict = {}
         self.rebind: dict[str, str] = {}
+        self.minibatch = False
 
-    def evaluate(self, expr: ir.Expr, rebind: dict[str, str]) -> Traced:
+    def evaluate(self, expr: ir.Expr, rebind: dict[str, str], minibatch: bool = False) -> Traced:
         """`expr` on the data of the first outer step (one task of a task batch, as the runtime vmaps
-        over tasks), with the datasets `rebind` names swapped in."""
-        self.rebind, self.data = rebind, {}
+        over tasks; with `minibatch`, the minibatch an objective reads), with the datasets `rebind`
+        names swapped in."""
+        self.rebind, self.data, self.minibatch = rebind, {}, minibatch
         for ref in ir.nodes(expr):
             if isinstance(ref, ir.DataRef):
                 name = rebind.get(ref.dataset, ref.dataset)
-                fields = self.pipeline._fields(name, 0)
+                fields = self.pipeline._data([name], 0)[name] if minibatch else self.pipeline._fields(name, 0)
                 one_task = isinstance(self.pipeline.sources[name], TaskSource)
                 self.data[ref.dataset] = {f: t[0] for f, t in fields.items()} if one_task else fields
         return self.value(expr)
@@ -130,7 +132,11 @@ class Evaluation:
         """A dataset's sizes, each named as the program can write it (val.n, val.features) where one matches."""
         decl, sizes = self.datasets[name], self.pipeline.sources[name].sizes
         dims = []
-        for size in t.shape:
+        for i, size in enumerate(t.shape):
+            if i == 0 and self.minibatch and decl.batch is not None:
+                dims.append(Origin(decl, f"{name} is read in minibatches of {size} samples (batch={size}); a "
+                                         f"variable with one entry per sample takes a minibatch's as w[{name}.index]"))
+                continue
             key = next((k for k, v in sizes.items() if v == size), None)
             if key is None:
                 dims.append(Origin(decl, f"{name} is declared here"))

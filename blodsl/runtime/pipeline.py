@@ -22,6 +22,7 @@ from . import inner, trees
 from .data import DataError, TaskSource
 from .guard import all_finite, diverged, first_non_finite
 from .kernels import Objectives, compile_kernels
+from .minibatch import Minibatches
 from .operators import Batch, Context, Plan
 from .operators import lower as lower_plan
 from .operators.trajectory import inner_loop, trajectory_kernels
@@ -67,8 +68,10 @@ class Pipeline:
         except Exception as e:  # a file the loader could not parse
             raise DataError(f"cannot load the data: {type(e).__name__}: {e}") from e
         problem.sizes = Sizes({f"{name}.{k}": v for name, src in self.sources.items() for k, v in src.sizes.items()})
-        self.tables = {name: src.to(self.device, self.dtype).fields
+        self.tables = {name: _numbered(src.to(self.device, self.dtype).fields, self.device)
                        for name, src in self.sources.items() if not isinstance(src, TaskSource)}
+        self.minibatches = Minibatches(self.tables, _checked_batches(problem.batches, self.tables), self.seed,
+                                       self.device)
         upper, lower = problem.upper_level(), problem.lower_level()
         problem.modules = {name: m.to(device=self.device, dtype=self.dtype)
                            for name, m in {**upper.models, **lower.models}.items()}
@@ -119,12 +122,20 @@ class Pipeline:
         launch-bound, so there chunks always pay)."""
         if self.device.type != "cpu":
             return False
-        fields = [t for name in self.problem.lower_data for t in self._fields(name, 0).values()]
+        fields = [t for data in self._data(self.problem.lower_data, 0).values() for t in data.values()]
         return sum(t.numel() for t in fields if torch.is_tensor(t)) >= HEAVY_STEP
 
     def _task_dims(self, names):
         return {n: {f: 0 if isinstance(self.sources[n], TaskSource) else None for f in self._fields(n, 0)}
                 for n in names}
+
+    def _steps_data(self, step: int, steps: int):
+        """(t0, c) -> the minibatches inner steps t0 .. t0 + c - 1 of outer step `step` read; None
+        when the lower objective reads no dataset in minibatches."""
+        names = [n for n in self.problem.lower_data if n in self.problem.batches]
+        if not names:
+            return None
+        return lambda t0, c: self.minibatches.steps(names, step, steps, t0, c)
 
     def _fields(self, name: str, step: int) -> dict:
         src = self.sources[name]
@@ -133,7 +144,10 @@ class Pipeline:
         return self.tables[name]
 
     def _data(self, names, step: int) -> dict:
-        return {n: self._fields(n, step) for n in names}
+        """What outer step `step` reads: task batches, one minibatch of each dataset read in
+        minibatches (the outer step's), the other datasets whole."""
+        read = self.minibatches.read([n for n in names if n in self.tables], "outer", step)
+        return {n: read[n] if n in read else self._fields(n, step) for n in names}
 
     def _start_point(self, x, tasks: int | None = None):
         """y0 for this outer step, as the lower block's `start` says."""
@@ -165,7 +179,8 @@ class Pipeline:
 
     def _context(self) -> Context:
         return Context(self.kernels, self.objectives.optimizer_at(self.x), Batch(self.tasks), seed=self._step_seed(),
-                       lower_size=sum(t.numel() for t in trees.leaves(self.initial_lower)))
+                       lower_size=sum(t.numel() for t in trees.leaves(self.initial_lower)),
+                       steps_data=self._steps_data(self.steps_done, self.plan.steps))
 
     def _outcome(self, ctx: Context, d, y0):
         out = self.method.outcome(ctx, self.x, y0, self.state, d, self.steps_done)
@@ -324,7 +339,7 @@ class Pipeline:
             kernels, lib, steps = self._lower_training(self.plan.chunk, self.task_dims, self.compile)
             for r in range(rounds):
                 y = inner_loop(kernels, lib.optimizer_at(x), x, y, self._data(self.problem.data_used, r), steps,
-                               min(self.plan.chunk, steps))
+                               min(self.plan.chunk, steps), steps_data=self._steps_data(r, steps))
         y = trees.detach(y)
         return {**self.evaluate(upper=x, lower=y), "upper_objective": self.upper_objective(x, y)}
 
@@ -397,3 +412,18 @@ def _rate_text(lr) -> str:
     if isinstance(lr, dict):
         return "learned per weight"
     return f"{float(lr):g}" + (" (learned)" if torch.is_tensor(lr) else "")
+
+
+def _checked_batches(batches: dict[str, int], tables: dict) -> dict[str, int]:
+    """The minibatch sizes, each no larger than its dataset (a file's size is known only now)."""
+    for name, size in batches.items():
+        n = next(len(t) for t in tables[name].values() if torch.is_tensor(t) and t.dim() > 0)
+        if size > n:
+            raise DataError(f"dataset '{name}' has {n} samples, fewer than its batch={size}")
+    return batches
+
+
+def _numbered(fields: dict, device) -> dict:
+    """A table with `index`, each sample's number: a minibatch's `train.index` says which samples it holds."""
+    n = next(len(t) for t in fields.values() if torch.is_tensor(t) and t.dim() > 0)
+    return {**fields, "index": torch.arange(n, device=device)}

@@ -100,6 +100,7 @@ class Problem:
     metrics: dict[str, dict[str, str]] = {}   # name -> datasets swapped for it
     data_used: list[str] = []                 # datasets the objectives read
     lower_data: list[str] = []                # datasets the lower objective reads
+    batches: dict[str, int] = {}              # minibatch size of the datasets read in minibatches
     dtype: str = "float32"
     device: str = "auto"
     seed: int = 0

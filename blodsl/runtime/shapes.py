@@ -46,7 +46,7 @@ class Shapes(Evaluation):
     def objective(self, level: ir.LevelDecl) -> Diagnostic | None:
         expr = level.objective.expr
         try:
-            shape = self.evaluate(expr, {}).shape
+            shape = self.evaluate(expr, {}, minibatch=True).shape
         except Failed as e:
             return e.diagnostic
         if shape:

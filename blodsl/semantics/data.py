@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from .. import ir
-from ..catalogue.builtins import DATA_SOURCES, INPUT, DataSource
+from ..catalogue.builtins import DATA_SOURCES, INDEX, INPUT, DataSource
 from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from .calls import check_call
@@ -45,11 +47,10 @@ class DataBlock:
         if value.func.id == "input":
             return self.input_dataset(names, value)
         source = DATA_SOURCES[value.func.id]
-        batch = next((kw for kw in value.kwargs if kw.name.text == "batch"), None)
-        if batch is not None:
-            self.scope.error("minibatches are not run yet: every outer step reads the whole dataset", batch.span,
-                             fix=f"remove batch={self.scope.source.text_of(batch.value.span)}")
-            return []
+        batch_kw = next((kw for kw in value.kwargs if kw.name.text == "batch"), None)
+        if batch_kw is not None:   # a setting of the reads, not of the source: checked here
+            value = ast.Call(value.func, value.args, [kw for kw in value.kwargs if kw is not batch_kw],
+                             span=value.span)
         kwargs = check_call(self.scope, source.signature, value)
         if kwargs is None:
             return []
@@ -65,6 +66,10 @@ class DataBlock:
                                  fix=f"declare one name per call, e.g. `tasks = {value.func.id}()` and "
                                      f"`test_tasks = {value.func.id}(seed=1)`")
                 return []
+            if batch_kw is not None:
+                self.scope.error(f"{value.func.id} draws a fresh batch of tasks every outer step; it takes no "
+                                 "minibatch", batch_kw.span, fix=f"set the batch size with {value.func.id}(tasks=...)")
+                return []
             return [self.make_dataset(names[0], source, args, path, None)]
         split = args.get("split")
         if split is None and len(names) > 1:
@@ -79,12 +84,43 @@ class DataBlock:
                              "declared", value.span,
                              fix="declare one name per part, e.g. `train, val, test = ...` for three parts")
             return []
-        return [self.make_dataset(n, source, args, path, i if split is not None else None)
+        batches = self.batches(batch_kw, len(names), source.signature.name, args)
+        if batches is None:
+            return []
+        return [self.make_dataset(n, source, args, path, i if split is not None else None, batches[i])
                 for i, n in enumerate(names)]
 
-    def make_dataset(self, name, source: DataSource, args, path, split) -> ir.Dataset:
+    def batches(self, kw: ast.Keyword | None, parts: int, source: str, args: dict) -> list | None:
+        """The minibatch size of each part (None: whole), or None when that was reported.
+        `batch=128` holds for every part; `batch=[128, 128, None]` names each."""
+        if kw is None:
+            return [None] * parts
+        value = self.scope.const(kw.value, "batch")
+        sizes = value if isinstance(value, list) else [value] * parts
+        fix = "write batch=N (every part), or batch=[N, None, ...] with one size (or None: whole) per part"
+        if len(sizes) != parts:
+            self.scope.error(f"batch names {len(sizes)} sizes for {parts} part{'s' if parts > 1 else ''}",
+                             kw.value.span, fix=fix)
+            return None
+        available = _samples(source, args)
+        for i, size in enumerate(sizes):
+            if size is None and isinstance(value, list):
+                continue
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                self.scope.error(f"batch must be a whole number of samples, at least 1, not {size!r}",
+                                 kw.value.span, fix=fix)
+                return None
+            if available is not None and size > available[i]:
+                self.scope.error(f"batch {size} is larger than the {available[i]} samples of "
+                                 f"{'part ' + str(i + 1) if parts > 1 else 'the dataset'}", kw.value.span,
+                                 fix=f"choose batch <= {available[i]}")
+                return None
+        return sizes
+
+    def make_dataset(self, name, source: DataSource, args, path, split, batch=None) -> ir.Dataset:
         ds = ir.Dataset(name=name.text, source=source.signature.name, args=args, path=path, split=split,
-                        fields=list(source.fields), sizes=list(source.sizes), tasks=source.tasks,
+                        fields=list(source.fields) + ([] if source.tasks else [INDEX]), sizes=list(source.sizes),
+                        tasks=source.tasks, batch=batch,
                         line=name.span.line, span=ir.Written.of(name.span))
         self.scope.declare(name, Symbol("dataset", name.span, decl=ds))
         return ds
@@ -98,7 +134,7 @@ class DataBlock:
                              fix="declare one input per name")
             return []
         fields = kwargs.get("fields", ["x", "y"])
-        ds = ir.Dataset(name=names[0].text, source="input", args={"fields": fields}, fields=fields,
+        ds = ir.Dataset(name=names[0].text, source="input", args={"fields": fields}, fields=fields + [INDEX],
                         sizes=["n", "features", "classes"], line=names[0].span.line,
                         span=ir.Written.of(names[0].span))
         self.scope.declare(names[0], Symbol("dataset", names[0].span, decl=ds))
@@ -113,3 +149,15 @@ class DataBlock:
                              fix="paths are relative to the folder of the .blo file")
             return None
         return expr.value
+
+
+# Samples of the built-in sources whose size the program fixes (files are counted when loaded).
+_DIGITS = 1797
+
+
+def _samples(source: str, args: dict) -> list[int] | None:
+    """How many samples each part holds, where the program alone says."""
+    total = {"digits": _DIGITS, "classification": args.get("n", 1000), "regression": args.get("n", 1000)}.get(source)
+    if total is None:
+        return None
+    return [int(math.floor(p * total)) for p in args.get("split") or [1.0]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 
@@ -72,6 +73,7 @@ class Context:
     batch: Batch
     seed: int = 0                # this outer step's seed, for what a method draws at random
     lower_size: int = 0          # number of lower-level parameters
+    steps_data: Callable[[int, int], dict] | None = None   # (t0, c): inner steps' minibatches (minibatch.py)
 
 
 class Method:

@@ -24,6 +24,7 @@ from torch.func import grad, vjp, vmap
 
 from .. import trees
 from ..kernels import Kernel, Objectives, masked
+from ..minibatch import at_step, with_steps
 from .method import Context, Method, Outcome
 from .registry import Plan, register
 
@@ -83,12 +84,13 @@ def trajectory_kernels(lib: Objectives, plan: Plan, reverse: bool) -> dict[str, 
     def run_chunk(x, y, s, d, alphas, active):
         values = []
         for i in range(length):
-            g, fy = grad(inner_loss, argnums=1, has_aux=True)(x, y, d, alphas[i])
+            d_i = at_step(d, i)   # step i's minibatch, where the data is read in minibatches
+            g, fy = grad(inner_loss, argnums=1, has_aux=True)(x, y, d_i, alphas[i])
             y_next, s_next = lib.step(x, y, s, g)
             y, s = masked(active[i], y_next, y), masked(active[i], s_next, s)
             f_last = fy if i == 0 else torch.where(active[i], fy, f_last)
             if ptt:
-                values.append(F(x, y, d))
+                values.append(F(x, y, d_i))
         return (y, s, f_last, torch.stack(values)) if ptt else (y, s, f_last)
 
     def chunk_vjp(x, y, s, d, alphas, active, weights, ybar, sbar):
@@ -106,18 +108,24 @@ def trajectory_kernels(lib: Objectives, plan: Plan, reverse: bool) -> dict[str, 
 
 
 class Sweep:
-    """The inner loop in chunks of plan.chunk steps, from the states kept at chunk starts."""
+    """The inner loop in chunks of plan.chunk steps, from the states kept at chunk starts.
+    `steps_data(t0, c)` gives the minibatches inner steps t0 .. t0 + c - 1 read (none: the
+    data `d` serves every step); a recomputed chunk reads the same ones."""
 
-    def __init__(self, plan: Plan, kernels, x, d, ref: torch.Tensor):
+    def __init__(self, plan: Plan, kernels, x, d, ref: torch.Tensor, steps_data=None):
         self.kernels, self.x, self.d, self.length = kernels, x, d, plan.chunk
+        self.steps_data = steps_data
         self._alpha_at, self._active = _schedule(plan.steps, plan.chunk, plan.gda, ref.dtype, ref.device)
+
+    def data(self, t0: int) -> dict:
+        return with_steps(self.d, self.steps_data(t0, self.length)) if self.steps_data else self.d
 
     def chunks(self, start: int, stop: int) -> list[tuple[int, int]]:
         c = self.length
         return [(t, min(c, stop - t)) for t in range(start, stop, c)]
 
     def advance(self, y, s, t0: int, n: int):
-        return self.kernels.chunk(self.x, y, s, self.d, self._alpha_at[t0], self._active[n])
+        return self.kernels.chunk(self.x, y, s, self.data(t0), self._alpha_at[t0], self._active[n])
 
     def run(self, y, s, start: int, stop: int):
         for t0, n in self.chunks(start, stop):
@@ -125,7 +133,8 @@ class Sweep:
         return y, s
 
     def vjp(self, y, s, t0: int, n: int, weights, ybar, sbar):
-        return self.kernels.chunk_vjp(self.x, y, s, self.d, self._alpha_at[t0], self._active[n], weights, ybar, sbar)
+        return self.kernels.chunk_vjp(self.x, y, s, self.data(t0), self._alpha_at[t0], self._active[n], weights, ybar,
+                                      sbar)
 
 
 @functools.lru_cache(maxsize=64)
@@ -149,9 +158,9 @@ def initial_state(optimizer, y0, tasks: int | None):
     return vmap(optimizer.init)(y0) if tasks else optimizer.init(y0)
 
 
-def inner_loop(kernels, optimizer, x, y0, d, steps: int, chunk: int, tasks: int | None = None):
+def inner_loop(kernels, optimizer, x, y0, d, steps: int, chunk: int, tasks: int | None = None, steps_data=None):
     """y_T from y0: the inner optimiser alone (no GDA mixing), in chunks."""
-    sweep = Sweep(Plan(steps=steps, chunk=chunk), kernels, x, d, trees.leaves(y0)[0])
+    sweep = Sweep(Plan(steps=steps, chunk=chunk), kernels, x, d, trees.leaves(y0)[0], steps_data)
     return sweep.run(y0, initial_state(optimizer, y0, tasks), 0, steps)[0]
 
 
@@ -198,7 +207,7 @@ class Trajectory(Method):
     def forward(self, ctx: Context, x, y0, d) -> Forward:
         plan, batch, k = self.plan, ctx.batch, ctx.kernels
         ref = trees.leaves(y0)[0]
-        sweep = Sweep(plan, k, x, d, ref)
+        sweep = Sweep(plan, k, x, d, ref, ctx.steps_data)
         c, T = plan.chunk, plan.steps
         unrolled = self.unrolled(plan)
         first = plan.truncate if unrolled else T
@@ -240,7 +249,7 @@ class Trajectory(Method):
         """Replays the inner loop one step per call until y or f stops being finite."""
         from ..guard import all_finite
 
-        sweep = Sweep(self.plan, ctx.kernels, x, d, trees.leaves(y0)[0])
+        sweep = Sweep(self.plan, ctx.kernels, x, d, trees.leaves(y0)[0], ctx.steps_data)
         y, s = y0, initial_state(ctx.optimizer, y0, ctx.batch.tasks)
         for t in range(self.plan.steps):
             y, s, f = sweep.advance(y, s, t, 1)[:3]

@@ -1,0 +1,80 @@
+"""Which samples each read of a dataset declared with `batch=N` takes.
+
+Every read is a draw from a stream: the lower objective's inner steps draw one
+minibatch per step (stream "inner", draw number outer_step * steps + inner_step);
+everything else an outer step reads (the upper objective, an implicit solve, a
+first-order method's update) reads that outer step's minibatch (stream "outer",
+draw number outer_step), and a method that wants a fresh minibatch per oracle call
+asks for another stream ("outer:1", "outer:2", ...). Each stream shuffles the
+dataset once per epoch, from the run's seed, the dataset, the stream and the epoch,
+and cuts the shuffle into n // N minibatches (the last partial one is dropped, so
+every read has the same shape and compiled kernels never recompile). A draw is a
+function of those numbers alone: a resumed run draws what the uninterrupted one drew,
+and a reverse sweep that recomputes a chunk reads the chunk's own minibatches.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+
+
+class Minibatches:
+    def __init__(self, tables: dict[str, dict], batches: dict[str, int], seed: int, device):
+        self.tables, self.batches, self.seed, self.device = tables, batches, seed, device
+        self._shuffles: dict[tuple[str, str], tuple[int, torch.Tensor]] = {}   # (dataset, stream) -> (epoch, order)
+
+    def indices(self, name: str, stream: str, draws: torch.Tensor | list[int]) -> torch.Tensor:
+        """The sample indices of the given draws of a stream: [len(draws), N]."""
+        size, n = self.batches[name], _rows(self.tables[name])
+        per_epoch = n // size
+        rows = []
+        for k in (draws.tolist() if torch.is_tensor(draws) else draws):
+            epoch, position = divmod(k, per_epoch)
+            rows.append(self._shuffle(name, stream, epoch, n)[position * size:(position + 1) * size])
+        return torch.stack(rows)
+
+    def _shuffle(self, name: str, stream: str, epoch: int, n: int) -> torch.Tensor:
+        """This epoch's order of the samples, made once and kept on the run's device."""
+        kept = self._shuffles.get((name, stream))
+        if kept is None or kept[0] != epoch:
+            key = zlib.crc32(f"{self.seed}/{name}/{stream}/{epoch}".encode())
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(key)).to(self.device)
+            kept = self._shuffles[(name, stream)] = (epoch, order)
+        return kept[1]
+
+    def read(self, names, stream: str, draw: int) -> dict:
+        """The data an objective reads: one minibatch of each batched dataset, the others whole."""
+        return {n: (self._take(n, self.indices(n, stream, [draw])[0]) if n in self.batches else self.tables[n])
+                for n in names}
+
+    def steps(self, names, outer_step: int, steps: int, first: int, length: int) -> dict:
+        """The minibatches of inner steps first .. first + length - 1 of an outer step, stacked:
+        field tensors [length, N, ...]. Steps past the last repeat it (they are switched off)."""
+        draws = [outer_step * steps + min(t, steps - 1) for t in range(first, first + length)]
+        return {n: self._take(n, self.indices(n, "inner", draws)) for n in names if n in self.batches}
+
+    def _take(self, name: str, index: torch.Tensor) -> dict:
+        return {f: t[index] if torch.is_tensor(t) and t.dim() > 0 else t for f, t in self.tables[name].items()}
+
+
+def _rows(fields: dict) -> int:
+    return next(len(t) for t in fields.values() if torch.is_tensor(t) and t.dim() > 0)
+
+
+# The key under which a chunk's data carries its per-step minibatches (not a name a program can write).
+STEPS = "@steps"
+
+
+def with_steps(d: dict, stacked: dict) -> dict:
+    """A chunk's data: the outer step's reads, and each inner step's minibatches stacked."""
+    return {**d, STEPS: stacked} if stacked else d
+
+
+def at_step(d: dict, i: int) -> dict:
+    """Inside a chunk: the data inner step i reads."""
+    if STEPS not in d:
+        return d
+    step = {n: {f: t[i] for f, t in fields.items()} for n, fields in d[STEPS].items()}
+    return {**{n: v for n, v in d.items() if n != STEPS}, **step}
