@@ -87,6 +87,15 @@ def errors_of(text: str) -> list[str]:
     return []
 
 
+def report_of(text: str) -> str:
+    """What `blodsl check` prints of `text` as p.blo when it fails (located messages); "" when it checks."""
+    try:
+        check_source(Source("p.blo", text))
+    except BloError as e:
+        return str(e)
+    return ""
+
+
 def warnings_of(text: str) -> list[str]:
     """The messages of every warning of a valid program."""
     return [d.message for d in check_text(text).warnings]

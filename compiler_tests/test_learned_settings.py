@@ -6,9 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from blodsl.frontend import check_source
-from blodsl.syntax.diagnostics import BloError
-from blodsl.syntax.source import Source
+from helpers import check_text, report_of
 from oracles import D, assert_close, build, program, randn, spd
 
 N = 4
@@ -185,49 +183,41 @@ def test_cg_differentiates_a_learned_weight_decay_at_the_fixed_point():
 # --- what the checker says ---------------------------------------------------------------------
 
 
-def errors(source: str) -> str:
-    try:
-        check_source(Source("p.blo", source))
-    except BloError as e:
-        return str(e)
-    return ""
-
-
 @pytest.mark.parametrize("pipeline, words", [
     ("CG", "CG differentiates the lower level's fixed point, which the inner steps reach whatever their lr"),
     ("FD", "FD differentiates the lower solution through the lower objective alone: the learned lr"),
     ("IGA", "IGA differentiates the lower solution"),
 ])
 def test_solution_terminals_cannot_see_a_learned_rate(pipeline, words):
-    text = errors(quadratic("SGD(lr=exp(log_lr))", pipeline=pipeline).replace(
+    text = report_of(quadratic("SGD(lr=exp(log_lr))", pipeline=pipeline).replace(
         "objective = 0.5 * sum(y", "objective = log_lr * 0 + 0.5 * sum(y"))
     assert words in text and "identically zero hypergradient" in text
     assert "fix: write a constant lr, or learn it through the inner steps with IAD or RAD" in text
 
 
 def test_first_order_maml_cannot_see_learned_rates():
-    text = errors(META_SGD.replace("LR", "0.05").replace("hypergradient = IAD", "hypergradient = FOA -> IAD"))
+    text = report_of(META_SGD.replace("LR", "0.05").replace("hypergradient = IAD", "hypergradient = FOA -> IAD"))
     assert "p.blo:13:24: error: FOA takes dy_T/dy_0 as the identity" in text
 
 
 def test_first_order_methods_and_dm_cannot_see_learned_rates():
     for pipeline in ("VFO", "DM -> RAD"):
-        text = errors(quadratic("SGD(lr=exp(log_lr))", pipeline=pipeline, steps=1)
+        text = report_of(quadratic("SGD(lr=exp(log_lr))", pipeline=pipeline, steps=1)
                       .replace("objective = 0.5 * sum(y", "objective = log_lr * 0 + 0.5 * sum(y"))
         assert "the learned lr would get an identically zero hypergradient" in text, pipeline
 
 
 def test_rad_and_unrolled_variants_accept_learned_settings():
     for pipeline in ("RAD", "PTT -> RAD", "RGT(truncate=2) -> RAD", "GDA -> RAD"):
-        assert errors(quadratic("SGD(lr=exp(log_lr), momentum=sigmoid(log_lr))", pipeline=pipeline)) == ""
+        assert report_of(quadratic("SGD(lr=exp(log_lr), momentum=sigmoid(log_lr))", pipeline=pipeline)) == ""
 
 
 def test_weight_decay_alone_is_seen_by_cg():
-    assert errors(quadratic("SGD(lr=0.1, weight_decay=exp(log_lr))", pipeline="CG")) == ""
+    assert report_of(quadratic("SGD(lr=0.1, weight_decay=exp(log_lr))", pipeline="CG")) == ""
 
 
 def test_adamw_decay_under_an_implicit_terminal_is_refused():
-    text = errors(quadratic("AdamW(lr=0.1)", pipeline="CG").replace(
+    text = report_of(quadratic("AdamW(lr=0.1)", pipeline="CG").replace(
         "objective = 0.5 * sum(y", "objective = log_lr * 0.5 * sum(y")) if _has("AdamW") else "skip"
     if text == "skip":
         pytest.skip("AdamW is not an inner optimiser yet")
@@ -247,24 +237,24 @@ def _has(name: str) -> bool:
     ("SGD(lr=0.1, nesterov=log_lr)", "var log_lr = 0.0", "SGD's nesterov must be a constant"),
 ])
 def test_bad_learned_settings_are_located(settings, upper, words):
-    assert words in errors(quadratic(settings, upper))
+    assert words in report_of(quadratic(settings, upper))
 
 
 def test_per_weight_rates_need_one_lower_model_of_that_structure():
-    text = errors(META_SGD.replace("LR", "0.05").replace("like(meta", "like(mismatch")
+    text = report_of(META_SGD.replace("LR", "0.05").replace("like(meta", "like(mismatch")
                   .replace("model meta = MLP(1, [6], 1)", "model meta = MLP(1, [6], 1)\n    model mismatch = MLP(1, [7], 1)"))
     assert "'lrs' mirrors the weights of mismatch, and the lower level's variables are not one model" in text
 
 
 def test_per_weight_rates_take_elementwise_functions_only():
-    text = errors(META_SGD.replace("LR", "0.05").replace("SGD(lr=lrs)", "SGD(lr=sum(lrs))"))
+    text = report_of(META_SGD.replace("LR", "0.05").replace("SGD(lr=lrs)", "SGD(lr=sum(lrs))"))
     assert "SGD's lr per weight is 'lrs' itself or an elementwise function of it and numbers" in text
-    text = errors(META_SGD.replace("LR", "0.05").replace("SGD(lr=lrs)", "SGD(lr=0.1, momentum=sigmoid(lrs))"))
+    text = report_of(META_SGD.replace("LR", "0.05").replace("SGD(lr=lrs)", "SGD(lr=0.1, momentum=sigmoid(lrs))"))
     assert "SGD's momentum is one number; 'lrs' holds one per weight" in text
 
 
 def test_per_weight_rates_are_not_values():
-    text = errors(META_SGD.replace("LR", "0.05").replace("mse(learner(tasks.query_x), tasks.query_y)",
+    text = report_of(META_SGD.replace("LR", "0.05").replace("mse(learner(tasks.query_x), tasks.query_y)",
                                                          "mse(learner(tasks.query_x), tasks.query_y) + sum(lrs)", 1))
     assert "'lrs' holds one number per weight of meta; it is a setting of the inner optimiser" in text
 
@@ -272,7 +262,7 @@ def test_per_weight_rates_are_not_values():
 def test_summary_shows_learned_settings_as_written():
     from blodsl.cli import summary
 
-    checked = check_source(Source("p.blo", quadratic("SGD(lr=exp(log_lr), momentum=0.5)"))).program
+    checked = check_text(quadratic("SGD(lr=exp(log_lr), momentum=0.5)")).program
     assert "SGD(lr=exp(log_lr), momentum=0.5," in summary(checked)
 
 

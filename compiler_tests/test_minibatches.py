@@ -6,9 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from blodsl.frontend import check_source
-from blodsl.syntax.diagnostics import BloError
-from blodsl.syntax.source import Source
+from helpers import report_of
 from oracles import D, assert_close, build
 
 CLEANING = """data {
@@ -116,14 +114,6 @@ def test_metrics_read_whole_datasets():
     assert values["seen"] == 120 and 0 <= values["val_acc"] <= 1
 
 
-def errors(source: str) -> str:
-    try:
-        check_source(Source("p.blo", source))
-    except BloError as e:
-        return str(e)
-    return ""
-
-
 @pytest.mark.parametrize("batches, words", [
     ("[200, 40]", "p.blo:2:95: error: batch 200 is larger than the 180 samples of part 1"),
     ("0", "batch must be a whole number of samples, at least 1, not 0"),
@@ -132,11 +122,11 @@ def errors(source: str) -> str:
     ("2.5", "batch must be a whole number of samples, at least 1, not 2.5"),
 ])
 def test_bad_batches_are_located(batches, words):
-    assert words in errors(cleaning(batches))
+    assert words in report_of(cleaning(batches))
 
 
 def test_task_batches_take_no_minibatch():
-    text = errors("data {\n    tasks = sinusoid(tasks=4, batch=2)\n}\n")
+    text = report_of("data {\n    tasks = sinusoid(tasks=4, batch=2)\n}\n")
     assert "sinusoid draws a fresh batch of tasks every outer step; it takes no minibatch" in text
 
 
