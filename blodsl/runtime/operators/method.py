@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 
@@ -72,6 +73,15 @@ class Context:
     batch: Batch
     seed: int = 0                # this outer step's seed, for what a method draws at random
     lower_size: int = 0          # number of lower-level parameters
+    # draw(i): the i-th fresh minibatch of this outer step, shaped as the step's data (dataset -> fields).
+    # The same (outer step, i) must give the same minibatch, so that hypergradient() and step() and a
+    # resumed run agree. None: every oracle reads the outer step's whole data.
+    draw: Callable[[int], dict] | None = None
+
+    def minibatch(self, i: int, whole: dict) -> dict:
+        """The data of a method's i-th stochastic oracle this outer step: its fresh minibatch, or
+        `whole` (the outer step's data) while no minibatches are drawn."""
+        return whole if self.draw is None else self.draw(i)
 
 
 class Method:
