@@ -6,7 +6,7 @@ f = 1/2 y'Ay - y'(Bx + b), F = 1/2 |y - c|^2 + rho/2 |x|^2 + e <x, y>,
 so df/dy = Ay - Bx - b, H = A, df/dx = -B'y, J^T q = -B'q, dF/dx = rho x + e y and
 dF/dy = y - c + e x. Each expected value is computed here from these formulas, never by
 blodsl. Every oracle takes its data from a draw: the full-batch runs give every draw the same
-data; `with_draws` hands each draw its own (A, B, b, c), which pins which oracle reads which.
+data; `per_draw` hands each draw its own (A, B, b, c), which pins which oracle reads which.
 """
 
 import dataclasses
@@ -16,12 +16,14 @@ import pytest
 import torch
 
 import blodsl
-from blodsl.runtime.pipeline import Pipeline
+from blodsl.runtime import trees
 from helpers import BASE, check_text, errors_of
 from helpers import program as base_program
-from oracles import D, assert_close, build, program, randn, spd
+from oracles import D, assert_close, build, randn, spd
+from test_first_order_methods import BETA, N, RHO, UPPER_LR, Quadratic
+from test_first_order_methods import quad_program as first_order_program
 
-N, RHO, E, BETA, UPPER_LR, STEPS = 3, 0.3, 0.1, 0.2, 0.1, 3
+E, STEPS = 0.1, 3
 
 
 def quad(draw: int = 0) -> dict:
@@ -32,26 +34,11 @@ def quad(draw: int = 0) -> dict:
 
 
 def quad_program(pipeline: str, steps: int = STEPS) -> str:
-    return program(
-        data='quad = input(fields=["A", "B", "b", "c"])',
-        upper=f"var x = input()\nobjective = 0.5 * sqdist(y, quad.c) + {RHO / 2} * sqnorm(x) + {E} * sum(x * y)\n"
-              f"optimizer = SGD(lr={UPPER_LR})",
-        lower=f"var y = input()\nobjective = 0.5 * sum(y * (quad.A @ y)) - sum(y * (quad.B @ x + quad.b))\n"
-              f"optimizer = SGD(lr={BETA})\nsteps = {steps}",
-        pipeline=pipeline)
+    return first_order_program(pipeline, upper_extra=f" + {E} * sum(x * y)", steps=steps)
 
 
-class Oracles:
-    """The problem's derivatives on one draw's data, written out."""
-
-    def __init__(self, q):
-        self.A, self.B, self.b, self.c = q["A"], q["B"], q["b"], q["c"]
-
-    def gy_f(self, x, y):
-        return self.A @ y - self.B @ x - self.b
-
-    def gx_f(self, x, y):
-        return -self.B.T @ y
+class Oracles(Quadratic):
+    """The problem's derivatives on one draw's data, written out (dF/dy of x and y: F has an <x, y> term)."""
 
     def hvp(self, q):
         return self.A @ q
@@ -136,18 +123,18 @@ def f2sa(at, x, y, z, lam, k, T, a, decay=True):
 
 # --- two outer steps of each against its reference ----------------------------------------------
 
-def follow(run, x, y, expected_steps):
-    """Checks each (direction, lr, y', state) of `expected_steps` (a generator fed the current x)."""
-    for direction, lr, y_next, state in expected_steps:
-        assert_close(run.hypergradient()["x"], direction)
-        run.step()
-        x = x - lr * direction
-        assert_close(run.upper["x"], x)
-        assert_close(run.lower["y"], y_next)
-        for name, value in state.items():
-            saved = run.state_dict()["method"][name]
-            assert_close(saved["y"] if isinstance(saved, dict) else saved, value)
-        yield x
+def outer_step(run, x, direction, lr, y_next, state: dict):
+    """Checks one outer step of `run` from upper x against the expected direction, upper lr, lower
+    variables and auxiliary state; returns the upper variables after it."""
+    assert_close(run.hypergradient()["x"], direction)
+    run.step()
+    x = x - lr * direction
+    assert_close(run.upper["x"], x)
+    assert_close(run.lower["y"], y_next)
+    for name, value in state.items():
+        saved = run.state_dict()["method"][name]
+        assert_close(saved["y"] if isinstance(saved, dict) else saved, value)
+    return x
 
 
 @pytest.mark.parametrize("draws", [False, True], ids=["full batch", "a draw per oracle"])
@@ -162,7 +149,7 @@ def test_soba_two_outer_steps(draws, decay):
         direction, y_next, v_next, factor = soba(at, x, y, v, k, rho, decay)
         if k == 0:
             assert_close(direction, at(2).gx_F(x, y))            # v starts at 0
-        (x,) = follow(run, x, y, [(direction, UPPER_LR * factor, y_next, {"v": v_next})])
+        x = outer_step(run, x, direction, UPPER_LR * factor, y_next, {"v": v_next})
         y, v = y_next, v_next
 
 
@@ -173,7 +160,7 @@ def test_stocbio_two_outer_steps(draws):
     run = built("StocBiO(Q=4, eta=0.25)", x, y, draws=draws)
     for _ in range(2):
         direction, y_next, _ = stocbio(at, x, y, STEPS, 4, 0.25)
-        (x,) = follow(run, x, y, [(direction, UPPER_LR, y_next, {})])
+        x = outer_step(run, x, direction, UPPER_LR, y_next, {})
         y = y_next
 
 
@@ -195,7 +182,7 @@ def test_amigo_two_outer_steps(draws):
     v = torch.zeros(N, dtype=D)
     for _ in range(2):
         direction, y_next, v_next = amigo(at, x, y, v, STEPS, 2, 0.3)
-        (x,) = follow(run, x, y, [(direction, UPPER_LR, y_next, {"v": v_next})])
+        x = outer_step(run, x, direction, UPPER_LR, y_next, {"v": v_next})
         y, v = y_next, v_next
 
 
@@ -231,7 +218,7 @@ def test_f2sa_two_outer_steps(draws, decay):
         direction, y_next, z_next = f2sa(at, x, y, z, lam, k, STEPS, a, decay)
         lr = UPPER_LR / math.sqrt(k + 1) if decay else UPPER_LR
         state = {"z": z_next, "lam": torch.tensor(lam + delta, dtype=D)}
-        (x,) = follow(run, x, y, [(direction, lr, y_next, state)])
+        x = outer_step(run, x, direction, lr, y_next, state)
         y, z = y_next, z_next
 
 
@@ -254,12 +241,12 @@ def test_a_restored_state_continues_exactly(pipeline, steps):
     b.load_state_dict(saved)
     assert [b.step() for _ in range(2)] == after
     assert torch.equal(a.upper["x"], b.upper["x"]) and torch.equal(a.lower["y"], b.lower["y"])
-    mine, theirs = a.state_dict()["method"], b.state_dict()["method"]
-    assert set(mine) == set(type(a.method).state)
-    for name in mine:
-        moved, same = torch.utils._pytree.tree_leaves(mine[name]), torch.utils._pytree.tree_leaves(theirs[name])
-        assert all(torch.equal(u, w) for u, w in zip(moved, same))
-        assert not all(torch.equal(u, w) for u, w in zip(moved, torch.utils._pytree.tree_leaves(saved["method"][name])))
+    first, resumed = a.state_dict()["method"], b.state_dict()["method"]
+    assert set(first) == set(type(a.method).state)
+    for name in first:
+        now, again, before = (trees.leaves(state[name]) for state in (first, resumed, saved["method"]))
+        assert all(torch.equal(u, w) for u, w in zip(now, again))
+        assert not all(torch.equal(u, w) for u, w in zip(now, before))      # the state moved
 
 
 # --- the checker ------------------------------------------------------------------------------------
@@ -275,7 +262,7 @@ DEFAULTS = {
 @pytest.mark.parametrize("name", DEFAULTS)
 def test_each_solver_alone_checks_with_its_defaults(name):
     checked = check_text(base_program(hypergradient=f"hypergradient = {name}")).program.hypergradient
-    ((op,),) = [checked.operators]
+    (op,) = checked.operators
     assert (op.name, op.params) == (name, DEFAULTS[name])
 
 
@@ -314,7 +301,7 @@ def test_hyper_cleaning_runs_three_finite_steps(name):
     assert all(math.isfinite(r[key]) for r in records for key in ("upper_objective", "lower_objective",
                                                                    "hypergradient_norm"))
     state = run.state_dict()
-    leaves = torch.utils._pytree.tree_leaves([state["upper"], state["lower"], state["method"]])
+    leaves = trees.leaves([state["upper"], state["lower"], state["method"]])
     assert all(torch.isfinite(t).all() for t in leaves)
 
 
