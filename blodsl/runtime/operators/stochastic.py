@@ -28,6 +28,9 @@ from .method import Context, Outcome
 from .registry import register
 
 
+UPPER_DECAY = "; the upper learning rate is scaled by 1 / sqrt(k+1)"   # with step_decay, as the plan says it
+
+
 def decayed(c: float, k: int, on: bool) -> float:
     """The papers' step size at outer step k: c / sqrt(k+1), or c when the decay is off."""
     return c / math.sqrt(k + 1) if on else c
@@ -44,7 +47,7 @@ def cross_product(lib: Objectives, x, y, d, q):
 
 
 class Stochastic(FirstOrder):
-    """Base of the stochastic solvers: the lower SGD loop that StocBiO, AmIGO share."""
+    """Base of the stochastic solvers: StocBiO's and AmIGO's lower loop, T plain steps on f."""
 
     @classmethod
     def adaptation(cls, plan) -> tuple[int, float | None]:
@@ -80,9 +83,10 @@ class Soba(Stochastic):
     @classmethod
     def describe(cls, plan, params) -> str:
         decay = " / sqrt(k+1)" if params["step_decay"] else ""
+        upper = UPPER_DECAY if decay else ""
         return (f"SOBA: rho_k = {params['rho']:g}{decay}; y' = y - rho_k df/dy (draw 0); v' = v - rho_k (H v - dF/dy) "
                 f"from v = 0 (H v: draw 1, dF/dy: draw 2); x gets dF/dx - J^T v (J^T v: draw 1, dF/dx: draw 2), "
-                f"all at this step's x, y, v" + (", the upper learning rate scaled by 1 / sqrt(k+1)" if decay else ""))
+                f"all at this step's x, y, v{upper}")
 
     @classmethod
     def adaptation(cls, plan) -> tuple[int, float | None]:
@@ -208,10 +212,11 @@ class F2sa(Stochastic):
     def describe(cls, plan, params) -> str:
         T, p = plan.steps, params
         decay = " / sqrt(k+1)" if p["step_decay"] else ""
+        upper = UPPER_DECAY if decay else ""
         return (f"F2SA: a_k = {p['lower_step']:g}{decay}, lam_k = {p['lam0']:g} + {p['delta']:g} k (kept); y takes "
                 f"{T} steps y - a_k (dF/dy + lam_k df/dy) (step t on draw 2t), z (kept, from y_0) takes {T} steps "
                 f"z - a_k df/dy(x, z) (on draw 2t+1); x gets dF/dx + lam_k (df/dx(y) - df/dx(z)) at the new y, z "
-                f"on draw {2 * T}" + ("; the upper learning rate is scaled by 1 / sqrt(k+1)" if decay else ""))
+                f"on draw {2 * T}{upper}")
 
     @classmethod
     def adaptation(cls, plan) -> tuple[int, float | None]:
