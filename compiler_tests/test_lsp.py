@@ -195,7 +195,8 @@ def test_half_typed_programs(server):
     line, col = where(cut, "hypergradient", "RA", 2)
     operators = labels(server.at("textDocument/completion", uri, line, col))
     assert operators[:9] == ["FOA", "RGT", "IAD", "RAD", "FD", "IGA", "CG", "NS", "NYSTROM"]   # what may follow PTT
-    assert set(operators[9:]) == {"GDA", "DI", "NGD", "DM", "PTT", "VSO", "VFO", "MESO", "PGDO", "ALTO", "GAFFO"}
+    assert set(operators[9:]) == {"GDA", "DI", "NGD", "DM", "PTT", "VSO", "VFO", "MESO", "PGDO", "ALTO", "GAFFO",
+                                  "SOBA", "StocBiO", "AmIGO", "F2SA"}
 
     opened = text.replace("hypergradient = RAD", "hypergradient = CG(k=3, ")
     found = server.change(uri, opened, 2)

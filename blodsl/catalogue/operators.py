@@ -230,6 +230,33 @@ CATALOGUE: tuple[Operator, ...] = (
                    "b = df/dy(y1)",
              paper="Yao, Yin, Zeng, Zhang, 2024",
              **_FIRST_ORDER_BLIND),
+    # the stochastic solvers: each oracle may read its own minibatch (runtime/operators/stochastic.py)
+    Operator("SOBA", FIRST_ORDER, None, "single loop: y, the linear system's v and x move together",
+             (positive("rho", FromProgram("inner_lr")), flag("step_decay", True)),
+             uses_steps=False, inner_optimizer="lr", keeps_lower=True,
+             maths="y -= rho_k df/dy, v -= rho_k (H v - dF/dy), x gets dF/dx - J^T v; rho_k = rho / sqrt(k+1)",
+             paper="Dagreou, Ablin, Vaiter, Moreau, NeurIPS 2022",
+             **_FIRST_ORDER_BLIND),
+    Operator("StocBiO", FIRST_ORDER, None, "T lower SGD steps, then a Q-term Neumann series for H^-1 dF/dy",
+             (count("Q", 10), positive("eta", FromProgram("inner_lr"))),
+             inner_optimizer="lr", keeps_lower=True,
+             maths="y takes T steps on f; x gets dF/dx - J^T v, v = eta sum_(q<Q) (I - eta H)^q dF/dy",
+             paper="Ji, Yang, Liang, ICML 2021",
+             **_FIRST_ORDER_BLIND),
+    Operator("AmIGO", FIRST_ORDER, None, "warm-started lower SGD, and SGD on the linear system from the last v",
+             (count("M", FromProgram("steps")), positive("v_lr", FromProgram("inner_lr"))),
+             inner_optimizer="lr", keeps_lower=True,
+             maths="y takes T steps on f; v (kept) takes M steps v -= v_lr (H v - dF/dy); x gets dF/dx - J^T v",
+             paper="Arbel, Mairal, ICLR 2022",
+             **_FIRST_ORDER_BLIND),
+    Operator("F2SA", FIRST_ORDER, None, "fully first-order: y descends F + lam f, z descends f, lam rises",
+             (positive("lam0", 1.0), nonnegative("delta", 0.01), positive("lower_step", FromProgram("inner_lr")),
+              flag("step_decay", True)),
+             inner_optimizer="lr", keeps_lower=True,
+             maths="x gets dF/dx + lam_k (df/dx(y) - df/dx(z)), y after T steps on F + lam_k f, z after T on f; "
+                   "lam_k = lam0 + k delta",
+             paper="Kwon, Kwon, Wright, Nowak, ICML 2023",
+             **_FIRST_ORDER_BLIND),
 )
 
 BY_NAME: dict[str, Operator] = {op.name: op for op in CATALOGUE}

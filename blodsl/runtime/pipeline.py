@@ -137,16 +137,24 @@ class Pipeline:
             return None
         return lambda t0, c: self.minibatches.steps(names, step, steps, t0, c)
 
+    def _draws(self, step: int):
+        """i -> the i-th fresh minibatch of outer step `step` (a stochastic solver's oracle calls), each
+        from a stream of its own; None when no dataset is read in minibatches."""
+        if not self.problem.batches:
+            return None
+        names = self.problem.data_used
+        return lambda i: self._data(names, step, stream=f"draw:{i}")
+
     def _fields(self, name: str, step: int) -> dict:
         src = self.sources[name]
         if isinstance(src, TaskSource):
             return src.batch(step).to(self.device, self.dtype).fields
         return self.tables[name]
 
-    def _data(self, names, step: int) -> dict:
+    def _data(self, names, step: int, stream: str = "outer") -> dict:
         """What outer step `step` reads: task batches, one minibatch of each dataset read in
-        minibatches (the outer step's), the other datasets whole."""
-        read = self.minibatches.read([n for n in names if n in self.tables], "outer", step)
+        minibatches (from `stream`: the outer step's own, or a solver's draw), the other datasets whole."""
+        read = self.minibatches.read([n for n in names if n in self.tables], stream, step)
         return {n: read[n] if n in read else self._fields(n, step) for n in names}
 
     def _start_point(self, x, tasks: int | None = None):
@@ -180,7 +188,8 @@ class Pipeline:
     def _context(self) -> Context:
         return Context(self.kernels, self.objectives.optimizer_at(self.x), Batch(self.tasks), seed=self._step_seed(),
                        lower_size=sum(t.numel() for t in trees.leaves(self.initial_lower)),
-                       steps_data=self._steps_data(self.steps_done, self.plan.steps))
+                       steps_data=self._steps_data(self.steps_done, self.plan.steps),
+                       draw=self._draws(self.steps_done))
 
     def _outcome(self, ctx: Context, d, y0):
         out = self.method.outcome(ctx, self.x, y0, self.state, d, self.steps_done)

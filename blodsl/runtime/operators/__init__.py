@@ -1,6 +1,6 @@
 """The operators' lowerings, by family; importing this package registers them all."""
 
-from . import dual_multiplier, first_order, implicit, trajectory, unrolled  # noqa: F401 - registers
+from . import dual_multiplier, first_order, implicit, stochastic, trajectory, unrolled  # noqa: F401 - registers
 from .method import Batch, Context, Method, Outcome, RunError
 from .registry import REGISTRY, Plan, lower, register
 

@@ -74,6 +74,15 @@ class Context:
     seed: int = 0                # this outer step's seed, for what a method draws at random
     lower_size: int = 0          # number of lower-level parameters
     steps_data: Callable[[int, int], dict] | None = None   # (t0, c): inner steps' minibatches (minibatch.py)
+    # draw(i): the i-th fresh minibatch of this outer step, shaped as the step's data (dataset -> fields).
+    # The same (outer step, i) gives the same minibatch, so that hypergradient() and step() and a
+    # resumed run agree. None: no dataset is read in minibatches.
+    draw: Callable[[int], dict] | None = None
+
+    def minibatch(self, i: int, whole: dict) -> dict:
+        """The data of a method's i-th stochastic oracle this outer step: its fresh minibatch, or
+        `whole` (the outer step's data) while no minibatches are drawn."""
+        return whole if self.draw is None else self.draw(i)
 
 
 class Method:
