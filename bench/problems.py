@@ -25,7 +25,7 @@ the same maths from these definitions, so their hypergradients can be compared.
 6. minibatch_cleaning: problem 1 at a larger scale and stochastic: 50,000 training and
    12,500 validation samples of blodsl's `classification` (100 features, 10 classes,
    half the training labels flipped), read in minibatches of B = 128. Upper
-   zeros(50000); lower as in problem 1.
+   zeros(50000); lower a linear classifier 100 -> 10, as in problem 1.
        f_t = mean_{i in I_t} sigmoid(w_i) * CE(net(train.x_i), train.y_i) + L2 * (|W|^2 + |b|^2)
        F   = mean_{j in J} CE(net(val.x_j), val.y_j)
    Inner step t of outer step k reads the training minibatch I_t (blodsl's stream "inner",

@@ -61,16 +61,13 @@ def make(case: Case, device: str = "cpu"):
     if case.problem in P.META_LEARNING:
         raise Unsupported("Betty has no MAML: the inner start is copied from the meta-model, not "
                           "differentiated (its meta-learning example is iMAML)")
-    if case.problem == "minibatch_cleaning":
-        if case.method != "RAD":
-            raise Unsupported(f"problem 6 is written for RAD only, not {case.method}")
-        betty.logging.get_logger().setLevel(logging.WARNING)
-        return _Minibatched(case, device)
+    if case.problem == "minibatch_cleaning" and case.method != "RAD":
+        raise Unsupported(f"problem 6 is written for RAD only, not {case.method}")
     if case.method != "RAD" and case.method not in HYPERGRADIENT_TYPES:
         raise Unsupported(UNSUPPORTED.get(case.method, f"Betty has no {case.method}"))
     # Betty logs INFO lines to stdout through its own logger, with no config option to mute it
     betty.logging.get_logger().setLevel(logging.WARNING)
-    return _Runner(case, device)
+    return (_Minibatched if case.problem == "minibatch_cleaning" else _Runner)(case, device)
 
 
 class _Hyper(nn.Module):
