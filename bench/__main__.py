@@ -4,6 +4,7 @@
     python -m bench full             # every problem and size, and the first-order suite
     python -m bench first-order      # VFO, VSO, MESO, PGDO, ALTO, DM on problem 1: time and test accuracy
     python -m bench quick --only maml --impls blodsl,higher
+    python -m bench full --only minibatch_cleaning   # problem 6 (minibatches) alone
 
 Each (case, implementation) is measured in a fresh process (bench/worker.py). Compiled
 implementations run twice: once with an empty compile cache (the cold start) and once

@@ -22,6 +22,16 @@ the same maths from these definitions, so their hypergradients can be compared.
 5. meta_sgd: problem 3 where the upper level also learns one inner learning rate per
    weight (Meta-SGD), as its log (upper: log_lrs, full(log(inner_lr)) per weight);
    the inner step is w - exp(log_lrs) * g elementwise; IAD (full second order).
+6. minibatch_cleaning: problem 1 at a larger scale and stochastic: 50,000 training and
+   12,500 validation samples of blodsl's `classification` (100 features, 10 classes,
+   half the training labels flipped), read in minibatches of B = 128. Upper
+   zeros(50000); lower a linear classifier 100 -> 10, as in problem 1.
+       f_t = mean_{i in I_t} sigmoid(w_i) * CE(net(train.x_i), train.y_i) + L2 * (|W|^2 + |b|^2)
+       F   = mean_{j in J} CE(net(val.x_j), val.y_j)
+   Inner step t of outer step k reads the training minibatch I_t (blodsl's stream "inner",
+   draw k * T + t), the upper objective the validation minibatch J (stream "outer", draw k):
+   every implementation reads the samples blodsl draws (MinibatchDraws), so their
+   hypergradients can be compared. Inner SGD(lr=INNER_LR), T = 5 steps, RAD; outer Adam.
 
 Methods follow the README's definitions: RAD, CG(k, tol), NS(k, alpha = inner lr), FD(r),
 IGA, DI -> RAD, PTT -> RAD, IAD, FOA -> IAD; and on problem 1 the first-order
@@ -41,6 +51,10 @@ import torch
 HYPER_CLEANING = dict(train=5000, val=5000, test=10000, features=784, classes=10, noise=0.5, inner_lr=0.1,
                       outer_lr=0.01, l2=1e-3, steps=5)
 L2_LOGREG = dict(train=500, val=500, informative=10, inner_lr=0.5, outer_lr=0.05, init=-3.0)
+# problem 6; bench/programs/minibatch_cleaning.blo writes the same numbers in its data block
+MINIBATCH_CLEANING = dict(n=62500, split=(0.8, 0.2), features=100, classes=10, separation=0.5, noise=0.5, seed=0,
+                          batch=128, inner_lr=0.1, outer_lr=0.01, l2=1e-3, steps=5)
+RUN_SEED = 0    # blodsl's run seed (a program's default), from which its minibatches are shuffled
 MAML = dict(tasks=25, shots=10, queries=10, hidden=40, inner_lr=0.01, outer_lr=1e-3, steps=5)
 META_SGD_INIT = math.log(MAML["inner_lr"])     # every weight's learned log rate starts at problem 3's rate
 # meta_sgd's rates reach the hypergradient only through the inner steps' derivatives, which FOA drops
@@ -69,7 +83,7 @@ NOTES = {
 
 @dataclass(frozen=True)
 class Case:
-    problem: str            # hyper_cleaning, l2_logreg, maml, rad_memory, meta_sgd
+    problem: str            # hyper_cleaning, l2_logreg, maml, rad_memory, meta_sgd, minibatch_cleaning
     method: str             # RAD, CG, NS, FD, IGA, DI->RAD, PTT->RAD, IAD, FOA->IAD
     steps: int              # inner steps T
     features: int = 0       # l2_logreg only
@@ -91,7 +105,11 @@ class Case:
 
 
 def _sizes(problem: str) -> dict:
-    return {"maml": MAML, "meta_sgd": MAML, "l2_logreg": L2_LOGREG}.get(problem, HYPER_CLEANING)
+    return {"maml": MAML, "meta_sgd": MAML, "l2_logreg": L2_LOGREG,
+            "minibatch_cleaning": MINIBATCH_CLEANING}.get(problem, HYPER_CLEANING)
+
+
+NOT_MINIBATCHED = "problem 6 (minibatches) is written for blodsl, the reference, TorchOpt and Betty only"
 
 
 class Unsupported(Exception):
@@ -223,6 +241,47 @@ def maml_init(seed: int = 0) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
+def minibatch_cleaning_data(device="cpu") -> dict[str, torch.Tensor]:
+    """Problem 6's data: what the program's `classification(...)` draws, from blodsl's own source."""
+    from blodsl.runtime.data import classification
+
+    c = MINIBATCH_CLEANING
+    train, val = classification(n=c["n"], features=c["features"], classes=c["classes"], separation=c["separation"],
+                                split=c["split"], label_noise=c["noise"], seed=c["seed"])
+    splits = dict(train_x=train.fields["x"], train_y=train.fields["y"], val_x=val.fields["x"], val_y=val.fields["y"])
+    return {k: v.to(device) for k, v in splits.items()}
+
+
+class MinibatchDraws:
+    """Which samples problem 6's reads take, drawn as blodsl draws them (blodsl.runtime.minibatch):
+    inner step t of outer step k reads train[inner(k)[t]], the upper objective val[outer(k)]."""
+
+    def __init__(self, data: dict[str, torch.Tensor], device="cpu"):
+        from blodsl.runtime.minibatch import Minibatches
+
+        tables = {"train": {"x": data["train_x"]}, "val": {"x": data["val_x"]}}
+        self.batch, self.steps = MINIBATCH_CLEANING["batch"], MINIBATCH_CLEANING["steps"]
+        self.source = Minibatches(tables, {"train": self.batch, "val": self.batch}, RUN_SEED, device)
+        self.samples = {name: len(t["x"]) for name, t in tables.items()}
+
+    def indices(self, dataset: str, stream: str, draws) -> torch.Tensor:
+        """[len(draws), B]: the samples of the given draws of a dataset's stream."""
+        return self.source.indices(dataset, stream, list(draws))
+
+    def inner(self, outer_step: int) -> torch.Tensor:
+        """[T, B]: the training samples of each inner step of this outer step."""
+        first = outer_step * self.steps
+        return self.indices("train", "inner", range(first, first + self.steps))
+
+    def outer(self, outer_step: int) -> torch.Tensor:
+        """[B]: the validation samples the upper objective reads at this outer step."""
+        return self.indices("val", "outer", [outer_step])[0]
+
+    def per_epoch(self, dataset: str) -> int:
+        """Draws per epoch of a stream (the last partial minibatch is dropped)."""
+        return self.samples[dataset] // self.batch
+
+
 # --- the suites ------------------------------------------------------------------------------
 
 HC_METHODS = ("RAD", "CG", "NS", "FD", "IGA", "DI->RAD", "PTT->RAD")
@@ -240,8 +299,8 @@ def first_order_cases() -> list[Case]:
 
 
 def suite(name: str) -> list[Case]:
-    """`quick`: a few minutes on a laptop CPU; `full`: every size the harness knows, and the
-    first-order suite; `first-order`: the first-order methods and DM on problem 1."""
+    """`quick`: a few minutes on a laptop CPU; `full`: every size the harness knows, problem 6
+    and the first-order suite; `first-order`: the first-order methods and DM on problem 1."""
     if name == "first-order":
         return first_order_cases()
     hc = [Case("hyper_cleaning", m, HYPER_CLEANING["steps"]) for m in HC_METHODS]
@@ -253,4 +312,6 @@ def suite(name: str) -> list[Case]:
         return [hc[0], hc[1], *l2, *maml, *memory]
     l2 = [Case("l2_logreg", m, t, p) for p in (50, 200) for t in (20, 100) for m in ("RAD", "CG")]
     memory = [Case("rad_memory", "RAD", t) for t in (10, 100, 1000)]
-    return [*hc, *l2, *maml, *memory, *first_order_cases()]
+    # problem 6: its steps take milliseconds, but compiling it twice (cold, warm) takes minutes
+    minibatched = Case("minibatch_cleaning", "RAD", MINIBATCH_CLEANING["steps"])
+    return [*hc, *l2, *maml, *memory, minibatched, *first_order_cases()]

@@ -21,6 +21,12 @@ outer step (T inner SGD steps, then the upper Adam update). Data: one full batch
   the T unrolled steps. Of Betty's iterative problems it is the one that copies y_T back into
   the inner module (warm start).
 - DI->RAD, PTT->RAD, IGA, maml: not provided (reasons in `make`).
+- minibatch_cleaning (RAD): as Betty's data-reweighting examples feed minibatches, each
+  problem reads from a torch DataLoader passed as `train_data_loader`: the inner problem
+  one training minibatch per inner step (x, y and the samples' numbers, which pick their
+  weights), the outer one validation minibatch per outer step. The loaders' samplers hand
+  out the minibatches blodsl draws (problems.MinibatchDraws), an epoch per pass, and each
+  minibatch is gathered by one index (batch_size=None: the sampler's item is a minibatch).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 import betty.logging
 from betty.configs import Config, EngineConfig
@@ -54,11 +61,13 @@ def make(case: Case, device: str = "cpu"):
     if case.problem in P.META_LEARNING:
         raise Unsupported("Betty has no MAML: the inner start is copied from the meta-model, not "
                           "differentiated (its meta-learning example is iMAML)")
+    if case.problem == "minibatch_cleaning" and case.method != "RAD":
+        raise Unsupported(f"problem 6 is written for RAD only, not {case.method}")
     if case.method != "RAD" and case.method not in HYPERGRADIENT_TYPES:
         raise Unsupported(UNSUPPORTED.get(case.method, f"Betty has no {case.method}"))
     # Betty logs INFO lines to stdout through its own logger, with no config option to mute it
     betty.logging.get_logger().setLevel(logging.WARNING)
-    return _Runner(case, device)
+    return (_Minibatched if case.problem == "minibatch_cleaning" else _Runner)(case, device)
 
 
 class _Hyper(nn.Module):
@@ -79,16 +88,18 @@ class _Outer(ImplicitProblem):
 
 
 def _inner_class(base, problem: str):
+    l2 = (P.MINIBATCH_CLEANING if problem == "minibatch_cleaning" else P.HYPER_CLEANING)["l2"]
+
     class Inner(base):
         def training_step(self, batch):
-            inputs, labels = batch
+            inputs, labels, *index = batch     # problem 6's minibatches carry their samples' numbers
             W, b = self.module.weight, self.module.bias
             logits = self.module(inputs)
             if problem == "l2_logreg":
                 return F.cross_entropy(logits, labels) + 0.5 * (self.outer().exp() * W.pow(2)).sum()
             losses = F.cross_entropy(logits, labels, reduction="none")
-            l2 = P.HYPER_CLEANING["l2"]
-            return (torch.sigmoid(self.outer()) * losses).mean() + l2 * (W.pow(2).sum() + b.pow(2).sum())
+            weights = torch.sigmoid(self.outer()[index[0]] if index else self.outer())
+            return (weights * losses).mean() + l2 * (W.pow(2).sum() + b.pow(2).sum())
 
     return Inner
 
@@ -103,10 +114,13 @@ class _Runner:
             d = P.hyper_cleaning_data(device)
             init = torch.zeros(P.HYPER_CLEANING["train"], device=device)
             net = nn.Linear(P.HYPER_CLEANING["features"], P.HYPER_CLEANING["classes"]).to(device)
+        self._build(case, device, _Hyper(init), net, itertools.repeat((d["val_x"], d["val_y"])),
+                    itertools.repeat((d["train_x"], d["train_y"])))
+
+    def _build(self, case: Case, device: str, hyper: _Hyper, net: nn.Linear, val_data, train_data) -> None:
+        """The two problems and the engine, the lower model starting at zero."""
         nn.init.zeros_(net.weight)
         nn.init.zeros_(net.bias)
-        hyper = _Hyper(init)
-
         T = case.steps
         if case.method == "RAD":
             base = HigherIterativeProblem
@@ -121,10 +135,10 @@ class _Runner:
             outer_config = Config()
         self.outer = _Outer("outer", outer_config, module=hyper,
                             optimizer=torch.optim.Adam(hyper.parameters(), lr=case.outer_lr),
-                            train_data_loader=itertools.repeat((d["val_x"], d["val_y"])), device=device)
+                            train_data_loader=val_data, device=device)
         self.inner = _inner_class(base, case.problem)(
             "inner", inner_config, module=net, optimizer=torch.optim.SGD(net.parameters(), lr=case.inner_lr),
-            train_data_loader=itertools.repeat((d["train_x"], d["train_y"])), device=device)
+            train_data_loader=train_data, device=device)
         self.engine = Engine(problems=[self.outer, self.inner],
                              config=EngineConfig(train_iters=T, valid_step=T, logger_type="none"),
                              dependencies={"u2l": {self.outer: [self.inner]}, "l2u": {self.inner: [self.outer]}})
@@ -149,3 +163,44 @@ class _Runner:
     def step(self) -> None:
         # T inner steps, then the upper update (Betty reads every loss with .item() to log it)
         self.engine.run()
+
+
+class _DrawOrder(Sampler):
+    """The minibatches blodsl draws from one stream of a dataset, an epoch per pass; each item
+    is a minibatch's sample indices [B]."""
+
+    def __init__(self, draws: P.MinibatchDraws, dataset: str, stream: str):
+        self.draws, self.dataset, self.stream = draws, dataset, stream
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.draws.per_epoch(self.dataset)
+
+    def __iter__(self):
+        first = self.epoch * len(self)
+        self.epoch += 1
+        return iter(self.draws.indices(self.dataset, self.stream, range(first, first + len(self))))
+
+
+class _Minibatched(_Runner):
+    """Problem 6: the problems read DataLoaders of minibatches; the first outer step's
+    hypergradient, caught as `_Runner` catches it, then rewinds the loaders too."""
+
+    def __init__(self, case: Case, device: str):
+        c = P.MINIBATCH_CLEANING
+        d = P.minibatch_cleaning_data(device)
+        draws = P.MinibatchDraws(d, device)
+        samples = torch.arange(len(d["train_x"]), device=device)
+        self.samplers = (_DrawOrder(draws, "val", "outer"), _DrawOrder(draws, "train", "inner"))
+        val, train = (DataLoader(dataset, batch_size=None, sampler=sampler) for dataset, sampler in
+                      zip((TensorDataset(d["val_x"], d["val_y"]), TensorDataset(d["train_x"], d["train_y"], samples)),
+                          self.samplers))
+        net = nn.Linear(c["features"], c["classes"]).to(device)
+        self._build(case, device, _Hyper(torch.zeros(len(samples), device=device)), net, val, train)
+
+    def hypergradient(self) -> list[torch.Tensor]:
+        grads = super().hypergradient()
+        for problem, sampler in zip((self.outer, self.inner), self.samplers):
+            sampler.epoch = 0       # the first outer step reads the first epoch's first draws again
+            problem.train_data_iterator = [iter(loader) for loader in problem.train_data_loader]
+        return grads

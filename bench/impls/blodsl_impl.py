@@ -36,17 +36,25 @@ def source(case: Case) -> str:
     return re.sub(r"^(\s*)steps = \d+$", rf"\g<1>steps = {case.steps}", text, flags=re.M)
 
 
+# programs whose data block draws their data itself (task batches, minibatched datasets)
+OWN_DATA = (*problems.META_LEARNING, "minibatch_cleaning")
+
+
+def _bindings(case: Case, device: str) -> dict:
+    """The datasets bound from Python to a program's input() declarations."""
+    if case.problem in OWN_DATA:
+        return {}
+    data = (problems.l2_logreg_data(case.features, device) if case.problem == "l2_logreg"
+            else problems.hyper_cleaning_data(device))
+    return {"train": (data["train_x"], data["train_y"]), "val": (data["val_x"], data["val_y"])}
+
+
 class Runner:
     def __init__(self, case: Case, device: str, compile: bool = True):
         meta_learning = case.problem in problems.META_LEARNING
-        if meta_learning:
-            bindings = {}
-        else:
-            data = (problems.l2_logreg_data(case.features, device) if case.problem == "l2_logreg"
-                    else problems.hyper_cleaning_data(device))
-            bindings = {"train": (data["train_x"], data["train_y"]), "val": (data["val_x"], data["val_y"])}
         try:
-            self.pipeline = blodsl.compile(source(case), bindings=bindings, device=device, compile=compile)
+            self.pipeline = blodsl.compile(source(case), bindings=_bindings(case, device), device=device,
+                                           compile=compile)
         except BloError as e:    # the checker refuses this method on this problem, and says why
             error = next(d for d in e.diagnostics if d.severity == "error")
             raise Unsupported(f"blodsl's checker rejects it: {error.message}") from e

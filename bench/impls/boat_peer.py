@@ -147,6 +147,8 @@ class LogDecay(torch.nn.Module):
 
 
 def make(case: Case, device: str = "cpu"):
+    if case.problem == "minibatch_cleaning":
+        raise Unsupported(problems.NOT_MINIBATCHED)
     if case.method not in OPS and case.method not in FO_OPS:
         raise Unsupported(f"{case.method} is not a BOAT operation combination")
     if case.problem == "meta_sgd":

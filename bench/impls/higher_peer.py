@@ -21,6 +21,8 @@ UNROLLED = ("RAD", "DI->RAD", "PTT->RAD")
 
 
 def make(case: Case, device: str = "cpu"):
+    if case.problem == "minibatch_cleaning":
+        raise Unsupported(problems.NOT_MINIBATCHED)
     if case.method in problems.FIRST_ORDER:
         raise Unsupported(problems.NO_FIRST_ORDER)
     if case.method in ("CG", "NS", "FD", "IGA"):

@@ -8,7 +8,10 @@ compiled functions (torch.func), so only plain tensors cross the compile boundar
   - long unrolled loops (RAD): compiled chunks of inner steps forward, storing the
     trajectory, then compiled VJPs of those chunks in a reverse sweep in Python;
   - long loops with an implicit terminal (CG): compiled chunks of steps, then one compiled
-    terminal at y_T built from Hessian-vector products.
+    terminal at y_T built from Hessian-vector products;
+  - minibatches (problem 6): the samples each read takes come in as index tensors of fixed
+    shape ([T, B] for the inner steps, [B] for the upper objective), so one compiled function
+    serves every outer step.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import torch.nn.functional as nnf
 from torch.func import grad, vjp, vmap
 
 from bench.problems import (FIRST_ORDER, HYPER_CLEANING, L2_LOGREG, MAML, META_LEARNING, META_SGD_INIT, METHODS,
-                            Case, Unsupported, hyper_cleaning_data, l2_logreg_data, maml_batch, maml_init)
+                            MINIBATCH_CLEANING, Case, MinibatchDraws, Unsupported, hyper_cleaning_data,
+                            l2_logreg_data, maml_batch, maml_init, minibatch_cleaning_data)
 
 WHOLE = 20      # inner loops up to this length are compiled whole
 
@@ -269,6 +273,57 @@ def _neumann(hvp, v, k, alpha):
     return tuple(alpha * t for t in total)
 
 
+# --- minibatch_cleaning: problem 1 read in minibatches ---------------------------------------
+
+
+def _minibatch_hypergradient(case: Case):
+    """(x, y0, d, inner [T, B], outer [B]) -> (dF/dx, y_T): RAD through T SGD steps, step t on
+    the training samples inner[t], F on the validation samples outer."""
+    T, lr, l2 = case.steps, case.inner_lr, MINIBATCH_CLEANING["l2"]
+
+    def f(x, y, d, idx):
+        W, b = y
+        ce = _cross_entropy(d["train_x"][idx], d["train_y"][idx], y, "none")
+        return (torch.sigmoid(x[idx]) * ce).mean() + l2 * (W.square().sum() + b.square().sum())
+
+    def upper(x, y, d, inner, outer):
+        for t in range(T):
+            y = _axpy(-lr, grad(f, argnums=1)(x, y, d, inner[t]), y)
+        return _cross_entropy(d["val_x"][outer], d["val_y"][outer], y), y
+
+    return _compile(grad(upper, has_aux=True))
+
+
+class _Minibatched:
+    """Problem 6: x upper, y = (W, b) lower carried across outer steps; outer step k reads the
+    samples blodsl's draws name for k."""
+
+    def __init__(self, case: Case, device):
+        c = MINIBATCH_CLEANING
+        self.d = minibatch_cleaning_data(device)
+        self.draws = MinibatchDraws(self.d, device)
+        self.x = torch.zeros(len(self.d["train_x"]), device=device)
+        self.y = (torch.zeros(c["classes"], c["features"], device=device), torch.zeros(c["classes"], device=device))
+        self.opt = _adam([dict(params=[self.x], lr=case.outer_lr)])
+        self.hg = _minibatch_hypergradient(case)
+        self.outer_step = 0
+
+    def _run(self):
+        k = self.outer_step
+        return self.hg(self.x, self.y, self.d, self.draws.inner(k), self.draws.outer(k))
+
+    def hypergradient(self):
+        return [self._run()[0]]
+
+    def lower_weights(self):
+        return self.y
+
+    def step(self):
+        self.x.grad, self.y = self._run()
+        self.opt.step()
+        self.outer_step += 1
+
+
 # --- maml ------------------------------------------------------------------------------------
 
 
@@ -365,4 +420,6 @@ def make(case: Case, device: str = "cpu"):
         if case.method not in META_LEARNING[case.problem]:
             raise Unsupported(case.method)
         return _Maml(case, device)
+    if case.problem == "minibatch_cleaning":
+        return _Minibatched(case, device)
     return _Linear(case, device)

@@ -10,6 +10,10 @@
   stationarity condition grad_y f = 0, solved by `linear_solve.solve_cg` (H q = v, textbook CG)
   or `linear_solve.solve_inv(ns=True)` (alpha * sum_{i<=k} (I - alpha H)^i v).
 - FD, IGA: not provided by TorchOpt.
+- minibatch_cleaning (RAD): TorchOpt's functional optimiser (`torchopt.sgd`, `update` and
+  `apply_updates` with inplace=False, inner gradients with create_graph=True), as its
+  functional-optimiser tutorial writes a differentiable inner loop; each inner step on its
+  minibatch, gathered by the indices blodsl draws (problems.MinibatchDraws).
 - meta_sgd (IAD): TorchOpt's SGD (`torchopt.sgd`, `MetaSGD`) takes one learning rate for all
   the weights, so the per-weight step -exp(log_lrs) * g is a `GradientTransformation` of our
   own, run like `torchopt.sgd` in a functional inner loop (`torch.func.functional_call`,
@@ -31,6 +35,10 @@ from torchopt.base import EmptyState, GradientTransformation
 def make(case: Case, device: str = "cpu"):
     if case.method in P.FIRST_ORDER:
         raise Unsupported(P.NO_FIRST_ORDER)
+    if case.problem == "minibatch_cleaning":
+        if case.method != "RAD":
+            raise Unsupported(f"problem 6 is written for RAD only, not {case.method}")
+        return _Minibatched(case, device)
     if case.problem in P.META_LEARNING:
         if case.method not in P.META_LEARNING[case.problem]:
             raise Unsupported(f"{case.method} is not a meta-learning method")
@@ -120,6 +128,54 @@ class _Unrolled:
         # warm start: y_T becomes the next starting point, cut from this step's graph
         torchopt.stop_gradient(self.net)
         torchopt.stop_gradient(self.inner_opt)
+
+
+class _Minibatched:
+    """Problem 6: RAD through T functional SGD steps, each on its own training minibatch; the
+    lower (W, b) is carried across outer steps, cut from the previous step's graph."""
+
+    def __init__(self, case: Case, device: str):
+        c = P.MINIBATCH_CLEANING
+        self.d = P.minibatch_cleaning_data(device)
+        self.draws = P.MinibatchDraws(self.d, device)
+        self.x = torch.zeros(len(self.d["train_x"]), device=device, requires_grad=True)
+        self.y = (torch.zeros(c["classes"], c["features"], device=device), torch.zeros(c["classes"], device=device))
+        self.inner_opt = torchopt.sgd(lr=case.inner_lr)
+        self.outer_opt = torchopt.Adam([self.x], lr=case.outer_lr)
+        self.outer_step = 0
+
+    def _lower_loss(self, params, idx: torch.Tensor) -> torch.Tensor:
+        W, b = params
+        losses = F.cross_entropy(F.linear(self.d["train_x"][idx], W, b), self.d["train_y"][idx], reduction="none")
+        return (torch.sigmoid(self.x[idx]) * losses).mean() + P.MINIBATCH_CLEANING["l2"] * (W.pow(2).sum()
+                                                                                           + b.pow(2).sum())
+
+    def _outer_loss(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """F after T inner steps from the carried y, and y_T."""
+        params = tuple(t.detach().requires_grad_() for t in self.y)
+        state = self.inner_opt.init(params)
+        for idx in self.draws.inner(self.outer_step):
+            grads = torch.autograd.grad(self._lower_loss(params, idx), params, create_graph=True)
+            updates, state = self.inner_opt.update(grads, state, inplace=False)
+            params = torchopt.apply_updates(params, updates, inplace=False)
+        val = self.draws.outer(self.outer_step)
+        W, b = params
+        return F.cross_entropy(F.linear(self.d["val_x"][val], W, b), self.d["val_y"][val]), params
+
+    def hypergradient(self) -> list[torch.Tensor]:
+        (grad,) = torch.autograd.grad(self._outer_loss()[0], self.x)
+        return [grad.detach()]
+
+    def lower_weights(self):
+        return self.y
+
+    def step(self) -> None:
+        loss, params = self._outer_loss()
+        self.outer_opt.zero_grad()
+        loss.backward()
+        self.outer_opt.step()
+        self.y = tuple(t.detach() for t in params)     # warm start from y_T
+        self.outer_step += 1
 
 
 class _Implicit:
