@@ -158,3 +158,21 @@ def test_per_sample_weights_over_a_minibatch_are_located_before_training(tmp_pat
     assert "note: train is read in minibatches of 32 samples (batch=32); a variable with one entry per sample " \
            "takes a minibatch's as w[train.index]" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_mean_over_samples_is_measured_in_chunks_to_the_same_value(monkeypatch):
+    from blodsl.runtime import pipeline as runtime
+
+    source = cleaning().replace("hypergradient = RAD", "hypergradient = RAD\nrun {\n"
+                                "    metric val_loss = cross_entropy(net(val.x), val.y)\n"
+                                "    metric val_acc = accuracy(net(val.x), val.y)\n"
+                                "    metric spread = sum(net(val.x)) / val.n\n}")
+    p = build(source)
+    assert [s.per_sample for s in p.problem.metrics.values()] == [True, True, False]
+    for _ in range(2):
+        p.step()
+    whole = p.evaluate()
+    monkeypatch.setattr(runtime, "METRIC_CHUNK", 50)   # 120 samples: chunks of 50, 50 and 20
+    chunked = p.evaluate()
+    assert chunked["val_acc"] == pytest.approx(whole["val_acc"], rel=1e-12)
+    assert chunked["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-12)

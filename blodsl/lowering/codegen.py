@@ -196,7 +196,9 @@ class Emitter:
         self.emit("metrics = {", 1)
         for m in run.metrics:
             reads = sorted(_datasets(m.expr))
-            self.emit(f'"{m.name}": rt.MetricSpec(rebind={lit(m.rebind)}, datasets={lit(tuple(reads))}),{self.at(m.line)}', 2)
+            chunked = ", per_sample=True" if _mean_over_samples(m.expr) else ""
+            self.emit(f'"{m.name}": rt.MetricSpec(rebind={lit(m.rebind)}, datasets={lit(tuple(reads))}{chunked}),'
+                      f'{self.at(m.line)}', 2)
         self.emit("}", 1)
         self.emit(f"outer_steps, eval_every, seed = {run.outer_steps}, {run.eval_every}, {run.seed}", 1)
         baseline = None if run.baseline is None else run.baseline.grid
@@ -320,6 +322,23 @@ class Emitter:
     def declared(self, level: str, name: str):
         decl = self.p.upper if level == "upper" else self.p.lower
         return next(d for d in decl.variables + decl.models if d.name == name)
+
+
+# Metrics that are a mean over samples of a per-sample value, and the functions that reduce over samples.
+_MEANS = {"accuracy", "mse", "mae", "cross_entropy", "binary_cross_entropy", "mean"}
+_REDUCING = _MEANS | {"sum", "sqnorm", "norm", "sqdist", "f1", "precision", "recall"}
+
+
+def _mean_over_samples(expr) -> bool:
+    """Whether a metric is the mean over one dataset's samples of what each sample alone gives, so
+    that it can be measured a chunk of samples at a time and the chunks' means weighted."""
+    if not (isinstance(expr, ir.Call) and expr.fn in _MEANS and len(_datasets(expr)) == 1):
+        return False
+    if expr.kwargs.get("reduction", "mean") != "mean":
+        return False
+    inner = [n for a in expr.args for n in ir.nodes(a)]
+    return not any(isinstance(n, ir.Call) and n.fn in _REDUCING for n in inner) and not any(
+        isinstance(n, (ir.VarRef, ir.ParamRef, ir.SizeRef)) for n in inner)
 
 
 def _datasets(expr) -> set[str]:

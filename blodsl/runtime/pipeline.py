@@ -37,6 +37,7 @@ HEAVY_STEP = 2**20   # data elements an inner step reads beyond which one compil
 class MetricSpec:
     rebind: dict[str, str] = field(default_factory=dict)   # dataset -> dataset swapped in
     datasets: tuple[str, ...] = ()                         # datasets the metric reads
+    per_sample: bool = False     # a mean over one dataset's samples: measured a chunk of samples at a time
 
 
 def resolve_device(name: str) -> torch.device:
@@ -266,6 +267,8 @@ class Pipeline:
         needed = set(spec.datasets) | (set(self.problem.lower_data) if readapt else set())
         data = {n: self._fields(rebind.get(n, n), 0) for n in needed}
         with self._sizes_rebound(rebind):
+            if spec.per_sample and not readapt:
+                return _in_chunks(fn, x, y, data)
             if readapt:
                 y = self._adapt(x, data, y, rebind)
             tasks = [n for n in needed if isinstance(self.sources[rebind.get(n, n)], TaskSource)]
@@ -436,3 +439,22 @@ def _numbered(fields: dict, device) -> dict:
     """A table with `index`, each sample's number: a minibatch's `train.index` says which samples it holds."""
     n = next(len(t) for t in fields.values() if torch.is_tensor(t) and t.dim() > 0)
     return {**fields, "index": torch.arange(n, device=device)}
+
+
+# Samples a metric reads at once: a 60,000-sample test set is measured without 60,000 samples'
+# activations in memory.
+METRIC_CHUNK = 8192
+
+
+def _in_chunks(fn, x, y, data: dict):
+    """A metric that is a mean over one dataset's samples, a chunk of rows at a time."""
+    ((name, fields),) = data.items()
+    n = next(len(t) for t in fields.values() if torch.is_tensor(t) and t.dim() > 0)
+    if n <= METRIC_CHUNK:
+        return fn(x, y, data)
+    total = 0.0
+    for start in range(0, n, METRIC_CHUNK):
+        rows = {f: t[start:start + METRIC_CHUNK] if torch.is_tensor(t) and t.dim() > 0 else t
+                for f, t in fields.items()}
+        total = total + fn(x, y, {name: rows}) * min(METRIC_CHUNK, n - start)
+    return total / n

@@ -17,7 +17,7 @@ class Problem(rt.Problem):
     data_used = ["train", "val"]
     lower_data = ["train"]
     metrics = {
-        "val_accuracy": rt.MetricSpec(rebind={}, datasets=("val",)),  # embedded.blo:35
+        "val_accuracy": rt.MetricSpec(rebind={}, datasets=("val",), per_sample=True),  # embedded.blo:35
     }
     outer_steps, eval_every, seed = 20, 2, 0
     baseline = None  # upper values held fixed for comparison ({}: initial)

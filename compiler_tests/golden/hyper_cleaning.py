@@ -17,7 +17,7 @@ class Problem(rt.Problem):
     data_used = ["train", "val"]
     lower_data = ["train"]
     metrics = {
-        "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",)),  # hyper_cleaning.blo:40
+        "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",), per_sample=True),  # hyper_cleaning.blo:40
         "flagged_f1": rt.MetricSpec(rebind={}, datasets=("train",)),  # hyper_cleaning.blo:41
     }
     outer_steps, eval_every, seed = 100, 10, 0

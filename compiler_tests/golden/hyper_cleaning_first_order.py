@@ -17,7 +17,7 @@ class Problem(rt.Problem):
     data_used = ["train", "val"]
     lower_data = ["train"]
     metrics = {
-        "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",)),  # hyper_cleaning_first_order.blo:44
+        "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",), per_sample=True),  # hyper_cleaning_first_order.blo:44
         "flagged_f1": rt.MetricSpec(rebind={}, datasets=("train",)),  # hyper_cleaning_first_order.blo:45
     }
     outer_steps, eval_every, seed = 100, 10, 0

@@ -17,8 +17,8 @@ class Problem(rt.Problem):
     data_used = ["train", "val"]
     lower_data = ["train"]
     metrics = {
-        "val_loss": rt.MetricSpec(rebind={}, datasets=("val",)),  # l2_regularisation.blo:37
-        "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",)),  # l2_regularisation.blo:38
+        "val_loss": rt.MetricSpec(rebind={}, datasets=("val",), per_sample=True),  # l2_regularisation.blo:37
+        "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",), per_sample=True),  # l2_regularisation.blo:38
     }
     outer_steps, eval_every, seed = 50, 5, 0
     baseline = {"log_decay": [-8.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0]}  # upper values held fixed for comparison ({}: initial)

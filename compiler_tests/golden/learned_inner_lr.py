@@ -18,8 +18,8 @@ class Problem(rt.Problem):
     lower_data = ["train"]
     metrics = {
         "inner_lr": rt.MetricSpec(rebind={}, datasets=()),  # learned_inner_lr.blo:36
-        "val_loss": rt.MetricSpec(rebind={}, datasets=("val",)),  # learned_inner_lr.blo:37
-        "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",)),  # learned_inner_lr.blo:38
+        "val_loss": rt.MetricSpec(rebind={}, datasets=("val",), per_sample=True),  # learned_inner_lr.blo:37
+        "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",), per_sample=True),  # learned_inner_lr.blo:38
     }
     outer_steps, eval_every, seed = 60, 10, 0
     baseline = {"log_lr": [-5.0, -4.0, -3.0, -2.0, -1.0, 0.0]}  # upper values held fixed for comparison ({}: initial)

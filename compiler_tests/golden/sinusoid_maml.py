@@ -17,7 +17,7 @@ class Problem(rt.Problem):
     data_used = ["tasks"]
     lower_data = ["tasks"]
     metrics = {
-        "meta_test_mse": rt.MetricSpec(rebind={"tasks": "test_tasks"}, datasets=("tasks",)),  # sinusoid_maml.blo:45
+        "meta_test_mse": rt.MetricSpec(rebind={"tasks": "test_tasks"}, datasets=("tasks",), per_sample=True),  # sinusoid_maml.blo:45
     }
     outer_steps, eval_every, seed = 2000, 200, 0
     baseline = {}  # upper values held fixed for comparison ({}: initial)
