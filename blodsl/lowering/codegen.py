@@ -211,7 +211,9 @@ class Emitter:
             targets = ", ".join(self.local(d.name) for d in group)
             names += [d.name for d in group]
             if first.source == "input":
-                call = f'rt.data.bound("{first.name}", self.bound("{first.name}", "a dataset"), {lit(first.fields)})'
+                said = "".join(f", {k}={lit(v)}" for k, v in first.args.items() if k != "fields")
+                call = (f'rt.data.bound("{first.name}", self.bound("{first.name}", "a dataset"), '
+                        f'{lit(first.fields)}{said})')
             else:
                 args = dict(first.args)
                 if first.source != "sinusoid" and "split" not in args:

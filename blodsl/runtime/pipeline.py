@@ -372,7 +372,8 @@ class Sizes(dict):
 
     def __missing__(self, key: str):
         dataset, _, size = key.partition(".")
-        why = " (its targets are not class labels)" if size == "classes" else ""
+        why = {"classes": " (its y holds regression targets: a floating y does unless the source says labels=True)",
+               **dict.fromkeys(("channels", "height", "width"), " (its x is not images, N x C x H x W)")}.get(size, "")
         raise DataError(f"dataset '{dataset}' has no size '{size}'{why}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 
 from .. import ir
-from ..catalogue.builtins import FUNCTIONS, METRICS, TAKES_MODEL, builtin_kind
+from ..catalogue.builtins import DATA_SOURCES, FUNCTIONS, IMAGE_SIZES, METRICS, TAKES_MODEL, builtin_kind
 from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from ..syntax.values import WORDS
@@ -136,7 +136,7 @@ class Expressions:
             if attr in ds.sizes:
                 return ir.SizeRef(dataset=head, size=attr), "number"
             self.scope.error(f"dataset '{head}' has no field '{attr}'", e.attr.span,
-                             fix=suggest(attr, ds.fields + ds.sizes)
+                             fix=_image_size_fix(ds, attr) or suggest(attr, ds.fields + ds.sizes)
                              or f"{head} has tensors {', '.join(ds.fields)} and sizes {', '.join(ds.sizes)}")
             return None
         if sym and sym.kind == "model":
@@ -211,8 +211,71 @@ class Expressions:
             if name == "mix" and i == 1 and resolved[1] != "list":
                 self.scope.error("mix's candidates are a list: mix(logits, [a(x), b(x)])", a.span)
                 return None
+            if name == "reshape" and i == 1 and not self.dimensions(a, resolved):
+                return None
             args.append(resolved[0])
         return ir.Call(fn=name, args=args, kwargs={k: _constant(v) for k, v in kwargs.items()}), "tensor"
+
+
+    def dimensions(self, e: ast.Expr, resolved: tuple[ir.Expr, str]) -> bool:
+        """reshape's shape: a list of whole numbers and sizes (`[-1, train.channels, 8, 8]`), one at most -1."""
+        node, kind = resolved
+        if kind != "list":
+            self.scope.error("reshape's shape is a list of dimensions", e.span,
+                             fix="write e.g. reshape(train.x, [-1, 1, 8, 8])")
+            return False
+        for item, written in zip(node.items, e.items):
+            if not _whole(item):
+                self.scope.error(f"reshape's dimensions are whole numbers and dataset sizes, not "
+                                 f"{self.scope.source.text_of(written.span)}", written.span)
+                return False
+            value = _constant_value(item)
+            if value is not None and (value == 0 or value < -1):
+                self.scope.error(f"a dimension of reshape is -1 (what is left) or a whole number >= 1, not {value}",
+                                 written.span)
+                return False
+        if [_constant_value(item) for item in node.items].count(-1) > 1:
+            self.scope.error("only one of reshape's dimensions may be -1", e.span)
+            return False
+        return True
+
+
+def _whole(node: ir.Expr) -> bool:
+    """A whole number the program writes: integers and dataset sizes, with + - * of them."""
+    match node:
+        case ir.Const(value=v):
+            return isinstance(v, int) and not isinstance(v, bool)
+        case ir.SizeRef():
+            return True
+        case ir.Unary(operand=operand):
+            return _whole(operand)
+        case ir.BinOp(op=op, left=left, right=right):
+            return op in ("+", "-", "*") and _whole(left) and _whole(right)
+    return False
+
+
+def _constant_value(node: ir.Expr) -> int | None:
+    """A whole number known before the data is loaded (`-1`, `2 * 4`); None for one a size makes."""
+    match node:
+        case ir.Const(value=v):
+            return v
+        case ir.Unary(op=op, operand=operand):
+            inner = _constant_value(operand)
+            return None if inner is None else -inner if op == "-" else inner
+        case ir.BinOp(op=op, left=left, right=right):
+            a, b = _constant_value(left), _constant_value(right)
+            return None if None in (a, b) else {"+": a + b, "-": a - b, "*": a * b}[op]
+    return None
+
+
+def _image_size_fix(ds: ir.Dataset, size: str) -> str | None:
+    """How to have image sizes (train.channels) where the dataset's x is not images."""
+    if size not in IMAGE_SIZES:
+        return None
+    source = DATA_SOURCES.get(ds.source)
+    if source is not None and source.images == "flag":
+        return f"load images: {ds.source}(..., images=True) gives x as N x C x H x W, with channels, height and width"
+    return f"{ds.source}'s x is not images (N x C x H x W), so {ds.name} has no {size}"
 
 
 def _builtin_use(name: str, kind: str) -> str | None:

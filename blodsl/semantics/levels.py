@@ -5,7 +5,7 @@ steps and how it starts."""
 from __future__ import annotations
 
 from .. import ir
-from ..catalogue.builtins import (HAS_MOMENTUM, INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, NOT_SCHEDULERS,
+from ..catalogue.builtins import (HAS_MOMENTUM, INITIALISERS, INNER_OPTIMIZERS, INPUT_VALUE, LAYERS, NOT_SCHEDULERS,
                                   NOT_UPPER_OPTIMIZERS, SCHEDULERS, SEQUENTIAL, TORCH_OPTIMIZERS)
 from ..catalogue.params import CLIP, STEPS, FromProgram
 from ..syntax import ast
@@ -67,7 +67,7 @@ class LevelBlock:
                                   + ", like(model), input(); e.g. `var w = zeros(train.n)`").strip())
             return None
         if value.func.id == "input":
-            if check_call(self.scope, INPUT, value) is None:
+            if check_call(self.scope, INPUT_VALUE, value) is None:
                 return None
             return ir.Variable(name=name, level=self.level, init="input", shape=[], line=stmt.span.line)
         sig = INITIALISERS[value.func.id]
@@ -107,7 +107,7 @@ class LevelBlock:
         name = expr.func.id if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) else None
         imported = self.scope.symbols.get(name) if name else None
         if name == "input" and top:
-            if check_call(self.scope, INPUT, expr) is None:
+            if check_call(self.scope, INPUT_VALUE, expr) is None:
                 return None
             return ir.LayerSpec(kind="input", name="input")
         if imported and imported.kind == "import":
