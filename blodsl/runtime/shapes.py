@@ -144,7 +144,7 @@ class Shapes(Evaluation):
         if axis == -3 and len(given.shape) < 3:
             return Diagnostic(f"{self.shown(node)}: {model.name} takes images (N x C x H x W) but "
                               f"{self.shown(given.node)} has shape {list(given.shape)}", node.span,
-                              fix=self.as_images(given), notes=self.notes(mine, given.dims[0] if given.dims else None))
+                              fix=self.as_images(given), notes=self.notes(given.dims[-1] if given.dims else None))
         if len(given.shape) < -axis or given.shape[axis] == size:
             return None
         if axis == -1 and len(given.shape) > 2:   # images into a Linear: flattened, they may fit
@@ -185,8 +185,7 @@ class Shapes(Evaluation):
 
     def layer_clash(self, node, model: ir.Model, i: int, slot, size: int, axis: int, shape) -> Diagnostic:
         layer = model.spec.args[i]
-        mine = Origin(model, f"{self.declaration(model)} declares {ir.written(layer)} as layer {i + 1}",
-                      argument(model.spec, slot), slot)
+        mine = Origin(model, f"{model.name}'s layer {i + 1} is {ir.written(layer)}", argument(model.spec, slot), slot)
         said = f"{self.shown(node)}: {ir.written(layer)}, layer {i + 1} of {model.name}, takes"
         if axis == -1 and len(shape) > 2:
             return Diagnostic(f"{said} {size} inputs but the layers before it give shape {list(shape)}", node.span,

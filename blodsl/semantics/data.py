@@ -122,3 +122,13 @@ class DataBlock:
                              fix="paths are relative to the folder of the .blo file")
             return None
         return expr.value
+
+
+def image_size_fix(ds: ir.Dataset, size: str) -> str | None:
+    """How to have image sizes (train.channels) where the dataset's x is not images."""
+    if size not in IMAGE_SIZES:
+        return None
+    source = DATA_SOURCES.get(ds.source)
+    if source is not None and source.images == "flag":
+        return f"load images: {ds.source}(..., images=True) gives x as N x C x H x W, with channels, height and width"
+    return f"{ds.source}'s x is not images (N x C x H x W), so {ds.name} has no {size}"

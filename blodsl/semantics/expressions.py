@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 
 from .. import ir
-from ..catalogue.builtins import DATA_SOURCES, FUNCTIONS, IMAGE_SIZES, METRICS, TAKES_MODEL, builtin_kind
+from ..catalogue.builtins import FUNCTIONS, METRICS, TAKES_MODEL, builtin_kind
 from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from ..syntax.values import WORDS
 from .calls import check_call
+from .data import image_size_fix
 from .scope import Scope
 
 
@@ -136,7 +137,7 @@ class Expressions:
             if attr in ds.sizes:
                 return ir.SizeRef(dataset=head, size=attr), "number"
             self.scope.error(f"dataset '{head}' has no field '{attr}'", e.attr.span,
-                             fix=_image_size_fix(ds, attr) or suggest(attr, ds.fields + ds.sizes)
+                             fix=image_size_fix(ds, attr) or suggest(attr, ds.fields + ds.sizes)
                              or f"{head} has tensors {', '.join(ds.fields)} and sizes {', '.join(ds.sizes)}")
             return None
         if sym and sym.kind == "model":
@@ -266,16 +267,6 @@ def _constant_value(node: ir.Expr) -> int | None:
             a, b = _constant_value(left), _constant_value(right)
             return None if None in (a, b) else {"+": a + b, "-": a - b, "*": a * b}[op]
     return None
-
-
-def _image_size_fix(ds: ir.Dataset, size: str) -> str | None:
-    """How to have image sizes (train.channels) where the dataset's x is not images."""
-    if size not in IMAGE_SIZES:
-        return None
-    source = DATA_SOURCES.get(ds.source)
-    if source is not None and source.images == "flag":
-        return f"load images: {ds.source}(..., images=True) gives x as N x C x H x W, with channels, height and width"
-    return f"{ds.source}'s x is not images (N x C x H x W), so {ds.name} has no {size}"
 
 
 def _builtin_use(name: str, kind: str) -> str | None:

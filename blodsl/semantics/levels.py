@@ -12,6 +12,7 @@ from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from .blocks import LEVEL_SETTINGS
 from .calls import check_call, checked_value
+from .data import image_size_fix
 from .expressions import Expressions
 from .learned import check_like_target, is_learned, learned_setting, like_variable
 from .scope import NO_VALUE, Scope, Symbol
@@ -91,7 +92,8 @@ class LevelBlock:
                 if expr.attr.text in sym.decl.sizes:
                     return ir.SizeRef(dataset=expr.obj.id, size=expr.attr.text)
                 self.scope.error(f"dataset '{expr.obj.id}' has no size '{expr.attr.text}'", expr.attr.span,
-                                 fix=suggest(expr.attr.text, sym.decl.sizes) or "sizes: " + ", ".join(sym.decl.sizes))
+                                 fix=image_size_fix(sym.decl, expr.attr.text) or suggest(expr.attr.text, sym.decl.sizes)
+                                 or "sizes: " + ", ".join(sym.decl.sizes))
                 return None
         self.scope.error("a dimension is a positive integer or a dataset size such as train.features", expr.span)
         return None
