@@ -203,6 +203,19 @@ DATA_SOURCES: dict[str, DataSource] = {d.signature.name: d for d in (
                ("x", "y"), _TABLE_SIZES + IMAGE_SIZES, path_arg=True, images="always"),
 )}
 
+
+def dataset_members(source: str, args: dict) -> tuple[list[str], list[str]]:
+    """A dataset's fields and sizes, as its source and the call's constant arguments make them."""
+    if source == "input":
+        tasks = bool(args.get("tasks"))
+        fields = args.get("fields")
+        fields = fields if isinstance(fields, list) and fields else TASK_FIELDS if tasks else ("x", "y")
+        return [str(f) for f in fields], list(TASK_SIZES if tasks else _TABLE_SIZES + IMAGE_SIZES)
+    row = DATA_SOURCES[source]
+    images = row.images != "never" and (row.images != "flag" or bool(args.get("images")))
+    return list(row.fields), [s for s in row.sizes if images or s not in IMAGE_SIZES]
+
+
 # --- optimisers --------------------------------------------------------------
 # What optimiser arguments must be; an argument not named here takes any constant.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import ir
-from ..catalogue.builtins import DATA_SOURCES, IMAGE_SIZES, INPUT, TASK_FIELDS, TASK_SIZES, DataSource
+from ..catalogue.builtins import DATA_SOURCES, IMAGE_SIZES, INPUT, DataSource, dataset_members
 from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from .calls import check_call
@@ -83,11 +83,9 @@ class DataBlock:
                 for i, n in enumerate(names)]
 
     def make_dataset(self, name, source: DataSource, args, path, split) -> ir.Dataset:
-        sizes = list(source.sizes)
-        if source.images == "flag" and not args.get("images"):
-            sizes = [s for s in sizes if s not in IMAGE_SIZES]
+        fields, sizes = dataset_members(source.signature.name, args)
         ds = ir.Dataset(name=name.text, source=source.signature.name, args=args, path=path, split=split,
-                        fields=list(source.fields), sizes=sizes, tasks=source.tasks,
+                        fields=fields, sizes=sizes, tasks=source.tasks,
                         line=name.span.line, span=ir.Written.of(name.span))
         self.scope.declare(name, Symbol("dataset", name.span, decl=ds))
         return ds
@@ -106,10 +104,9 @@ class DataBlock:
             self.scope.error("a task batch's fields are taken as they are bound; labels= is for a dataset of x "
                              "and y", written.span, fix="remove it")
             return []
-        fields = kwargs.get("fields", list(TASK_FIELDS if tasks else ["x", "y"]))
-        sizes = TASK_SIZES if tasks else ("n", "features", "classes", *IMAGE_SIZES)
+        fields, sizes = dataset_members("input", kwargs)
         ds = ir.Dataset(name=names[0].text, source="input", args={"fields": fields, **kwargs}, fields=fields,
-                        sizes=list(sizes), tasks=tasks, line=names[0].span.line, span=ir.Written.of(names[0].span))
+                        sizes=sizes, tasks=tasks, line=names[0].span.line, span=ir.Written.of(names[0].span))
         self.scope.declare(names[0], Symbol("dataset", names[0].span, decl=ds))
         return [ds]
 
