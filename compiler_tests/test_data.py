@@ -303,3 +303,18 @@ def test_a_bound_task_batch_is_checked_as_one():
     text += "run {\n    metric meta_test = mse(learner(tasks.query_x), tasks.query_y) with tasks = test_tasks\n}\n"
     pipeline = blodsl.compile(text, bindings={"tasks": batch}, compile=False, device="cpu")
     assert pipeline.evaluate()["meta_test"] > 0
+
+
+def test_inputs_keywords_describe_a_dataset():
+    from helpers import errors_of
+
+    assert errors_of(BOUND_TASKS.replace("input(tasks=True)", "input(tasks=True, labels=True)")) == [
+        "a task batch's fields are taken as they are bound; labels= is for a dataset of x and y"]
+    assert errors_of(BASE.replace("var w = zeros(train.n)", 'var w = input(fields=["x"])')) == [
+        "input has no keyword argument 'fields'"]
+    # labels=True from the program reaches the binding: whole floats as labels
+    text = FILE_PROGRAM.replace('train, val = npz("d.npz", split=[0.5, 0.5], seed=0)',
+                                "train = input(labels=True)\n    val = input()")
+    x, y = features_and_labels(classes=3)
+    pipeline = blodsl.compile(text, bindings={"train": (x, y.double()), "val": (x, y)}, compile=False, device="cpu")
+    assert pipeline.problem.sizes["train.classes"] == 3 and pipeline.tables["train"]["y"].dtype == torch.long

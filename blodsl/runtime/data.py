@@ -20,9 +20,16 @@ from pathlib import Path
 
 import torch
 
+from ..catalogue.builtins import IMAGE_SIZES
+
 
 class DataError(Exception):
     """A dataset that cannot be loaded; the message says which and why."""
+
+
+# Why a dataset may lack a size a program names (the checker cannot tell before the data is loaded).
+NO_SIZE_BECAUSE = {"classes": " (its y holds regression targets: a floating y does unless the source says labels=True)",
+                   **dict.fromkeys(IMAGE_SIZES, " (its x is not images, N x C x H x W)")}
 
 
 @dataclass
@@ -43,7 +50,7 @@ def _table(x: torch.Tensor, y: torch.Tensor, classes: int | None, **extra) -> Ta
     if classes is not None:
         sizes["classes"] = classes
     if x.dim() == 4:
-        sizes.update(zip(("channels", "height", "width"), x.shape[1:]))
+        sizes.update(zip(IMAGE_SIZES, x.shape[1:]))
     return Table({"x": x, "y": y, **extra}, sizes)
 
 

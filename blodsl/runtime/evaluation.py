@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import ir
-from ..catalogue.builtins import LAYERS
+from ..catalogue.builtins import IMAGE_SIZES, LAYERS
 from ..syntax.source import Source
 from . import functions
 from .data import TaskSource
@@ -26,7 +26,7 @@ OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": opera
 UNARY = {"-": operator.neg, "+": operator.pos}
 SIZE_WORDS = {"n": "samples", "shots": "support points per task", "queries": "query points per task",
               "height": "rows of pixels", "width": "columns of pixels"}
-IMAGE_AXES = ("n", "channels", "height", "width")   # what each dimension of N x C x H x W images is
+IMAGE_AXES = ("n", *IMAGE_SIZES)   # what each dimension of N x C x H x W images is
 
 
 @dataclass(frozen=True)

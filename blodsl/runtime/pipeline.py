@@ -19,7 +19,7 @@ import torch
 from torch.func import vmap
 
 from . import inner, trees
-from .data import DataError, TaskSource
+from .data import NO_SIZE_BECAUSE, DataError, TaskSource
 from .guard import all_finite, diverged, first_non_finite
 from .kernels import Objectives, compile_kernels
 from .operators import Batch, Context, Plan
@@ -372,8 +372,7 @@ class Sizes(dict):
 
     def __missing__(self, key: str):
         dataset, _, size = key.partition(".")
-        why = {"classes": " (its y holds regression targets: a floating y does unless the source says labels=True)",
-               **dict.fromkeys(("channels", "height", "width"), " (its x is not images, N x C x H x W)")}.get(size, "")
+        why = NO_SIZE_BECAUSE.get(size, "")
         raise DataError(f"dataset '{dataset}' has no size '{size}'{why}")
 
 
