@@ -217,7 +217,6 @@ class Expressions:
             args.append(resolved[0])
         return ir.Call(fn=name, args=args, kwargs={k: _constant(v) for k, v in kwargs.items()}), "tensor"
 
-
     def dimensions(self, e: ast.Expr, resolved: tuple[ir.Expr, str]) -> bool:
         """reshape's shape: a list of whole numbers and sizes (`[-1, train.channels, 8, 8]`), one at most -1."""
         node, kind = resolved
