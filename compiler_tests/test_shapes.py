@@ -318,3 +318,13 @@ def test_a_layer_inside_a_sequential_is_checked_against_the_layers_before_it(lay
 def test_reshape_and_flatten_arguments_are_checked(call, message):
     assert errors_of(BASE.replace("net(val.x)", f"net({call})")) == [message]
     assert errors_of(BASE.replace("net(val.x)", "net(reshape(val.x, [-1, 2 * val.features - 64]))")) == []
+
+
+@pytest.mark.parametrize("layers,message", [
+    ("MLP(train.features, [1e-30], train.classes)",
+     "MLP's hidden must be a list of whole numbers >= 1, e.g. [32, 32], not [1e-30]"),
+    ("Linear(train.features, 2.5)", "Linear's out_features must be an integer >= 1, not 2.5"),
+    ("Sequential(Conv2d(1, 8, 0), Flatten(), Linear(8, 10))", "Conv2d's kernel_size must be an integer >= 1, not 0"),
+])
+def test_a_layers_sizes_are_whole_numbers(layers, message):
+    assert errors_of(BASE.replace("Linear(train.features, train.classes)", layers)) == [message]

@@ -80,14 +80,21 @@ _ACTIVATION = choice("activation", "relu", "tanh", "sigmoid", "gelu", quoted=Tru
 class Layer:
     signature: Signature
     parameters: tuple[str, ...] = ()   # names reachable as `net.weight`
+    positional: tuple[Param, ...] = ()  # what each positional argument must be, where written as a constant
     widths: tuple[int, int] | None = None  # which positional arguments are its input and output widths
     axis: int = -1                     # the dimension those widths size (a Conv2d's channels: -3)
     elementwise: bool = False          # keeps its input's shape (an activation)
 
 
+# A layer's sizes: whole numbers (or dataset sizes, checked when the data is loaded).
+_LAYER_ARGS = rows(*(count(name) for name in ("in_features", "out_features", "in_channels", "out_channels",
+                                               "kernel_size")),
+                   Param("hidden", list, low=1, item=int, words="a list of whole numbers >= 1, e.g. [32, 32]"))
+
+
 def _layer(name, summary, positional=(), parameters=(), *keywords: Param, **shape):
     n = len(positional)
-    return Layer(_sig(name, summary, n, n, *keywords), parameters, **shape)
+    return Layer(_sig(name, summary, n, n, *keywords), parameters, tuple(_LAYER_ARGS[a] for a in positional), **shape)
 
 
 LAYERS: dict[str, Layer] = {layer.signature.name: layer for layer in (

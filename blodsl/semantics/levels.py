@@ -138,6 +138,12 @@ class LevelBlock:
         args = [self.layer_arg(a) for a in expr.args]
         if NO_VALUE in args:
             return None
+        for written, value, row in zip(expr.args, args, layer.positional):
+            why = None if _names_a_size(value) else row.problem(value)
+            if why:
+                self.scope.error(f"{name}'s {row.name} {why}, not {self.scope.source.text_of(written.span)}",
+                                 written.span)
+                return None
         return ir.LayerSpec(kind="builtin", name=name, args=args, kwargs=kwargs)
 
     def layer_arg(self, expr: ast.Expr):
@@ -346,3 +352,8 @@ def _called(value: ast.Expr) -> str | None:
     if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
         return value.func.id
     return value.id if isinstance(value, ast.Name) else None
+
+
+def _names_a_size(value) -> bool:
+    """A layer argument that is, or holds, a dataset's size: known only once the data is loaded."""
+    return isinstance(value, ir.SizeRef) or (isinstance(value, list) and any(isinstance(v, ir.SizeRef) for v in value))
