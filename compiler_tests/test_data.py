@@ -256,12 +256,12 @@ def test_a_program_says_labels_out_of_range_before_training(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     status, out, err = run_cli("run", "p.blo", "--no-compile", "--outer-steps", "1", "--out", "run")
     assert status == 1
-    assert err == ("p.blo: error: 'd.npz': class labels must be 0, 1, ..., classes - 1, but y holds labels from -1 "
+    assert err == ("p.blo:3: error: 'd.npz': class labels must be 0, 1, ..., classes - 1, but y holds labels from -1 "
                    "to 1: renumber them, or pass labels=False if y holds regression targets\n")
     (tmp_path / "p.blo").write_text(FILE_PROGRAM.replace('npz("d.npz", split=[0.5, 0.5], seed=0)',
                                                          'npz("d.npz", split=[0.5, 0.5], seed=0, labels=False)'))
     status, out, err = run_cli("run", "p.blo", "--no-compile", "--outer-steps", "1", "--out", "run")
-    assert (status, err) == (1, "p.blo: error: dataset 'train' has no size 'classes' (its y holds regression "
+    assert (status, err) == (1, "p.blo:11: error: dataset 'train' has no size 'classes' (its y holds regression "
                                 "targets: a floating y does unless the source says labels=True)\n")
 
 
