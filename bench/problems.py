@@ -224,10 +224,10 @@ def l2_logreg_data(features: int, device="cpu", seed: int = 0) -> dict[str, torc
 def maml_batch(step: int = 0, device="cpu") -> dict[str, torch.Tensor]:
     """Outer step `step`'s 25 tasks: support_x/support_y [25, 10, 1], query_x/query_y [25, 10, 1].
     The same draw as blodsl's `sinusoid(tasks=25, shots=10, queries=10, seed=0)`."""
-    from blodsl.runtime.data import TaskSource
+    from blodsl.runtime.data import Sinusoid
 
     c = MAML
-    table = TaskSource(tasks=c["tasks"], shots=c["shots"], queries=c["queries"], seed=0).batch(step)
+    table = Sinusoid(tasks=c["tasks"], shots=c["shots"], queries=c["queries"], seed=0).batch(step)
     return {k: v.to(device) for k, v in table.fields.items()}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -300,7 +301,7 @@ def _train(args, program, source, settings, out, resume, tensorboard) -> int:
     except (ResumeRefused, NotARunFolder) as e:
         return _usage(str(e))
     except (BuildError, DataError, RunError) as e:
-        line = _lines(program).get(getattr(e, "where", None), (None,))[0]
+        line = _lines(program).get(getattr(e, "where", None), (None,))[0] or _declared_at(e)
         notes = "".join(f"\n  {note}" for note in getattr(e, "__notes__", ()))
         print(f"{program.path}{f':{line}' if line else ''}: error: {e}{notes}", file=sys.stderr)
         return EXIT_INVALID
@@ -371,6 +372,21 @@ def _blame(error: BaseException, program: ir.Program) -> tuple[int, str] | None:
         code = tb.tb_frame.f_code
         if code.co_filename.startswith("<blodsl:") and code.co_name in lines:
             found = lines[code.co_name]
+        tb = tb.tb_next
+    return found
+
+
+def _declared_at(error: BaseException) -> int | None:
+    """The .blo line of the declaration whose generated code raised (a dataset being loaded, a
+    model sized by the data): each generated line ends with a `# prog.blo:LINE` comment."""
+    import linecache
+
+    tb, found = error.__traceback__, None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.startswith("<blodsl:"):
+            written = re.search(r"# \S+:(\d+)$", linecache.getline(filename, tb.tb_lineno).rstrip())
+            found = int(written[1]) if written else found
         tb = tb.tb_next
     return found
 

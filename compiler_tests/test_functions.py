@@ -29,3 +29,11 @@ def test_mix_sqdist_and_norms():
     assert fn.sqdist({"w": a, "b": a}, {"w": b, "b": a}).item() == 13   # two models' weights
     assert fn.sqnorm({"w": a, "b": b}).item() == 39 and abs(fn.norm(a).item() - 5 ** 0.5) < 1e-6
     torch.testing.assert_close(fn.mse(torch.tensor([[1.0], [2.0]]), torch.tensor([0.0, 0.0])), torch.tensor(2.5))
+
+
+def test_reshape_and_flatten_keep_the_values_in_order():
+    images = torch.arange(2 * 3 * 4.0).reshape(2, 1, 3, 4)
+    assert fn.flatten(images).shape == (2, 12) and fn.flatten(images)[1, 0].item() == 12
+    assert fn.flatten(images, start_dim=2).shape == (2, 1, 12)
+    assert torch.equal(fn.reshape(fn.flatten(images), [-1, 1, 3, 4]), images)
+    assert fn.reshape(images, [4, 6])[3].tolist() == [18, 19, 20, 21, 22, 23]

@@ -2,10 +2,11 @@
 clash located at its expression and at the declarations that made the sizes."""
 
 import pytest
+import torch
 
 import blodsl
 from conftest import PROGRAMS, ROOT, run_cli
-from helpers import BASE, maml, program
+from helpers import BASE, errors_of, maml, program
 from test_generated import embedded_bindings
 
 RUN = ("--no-compile", "--no-baseline", "--outer-steps", "2")
@@ -226,3 +227,104 @@ def test_a_metric_that_trains_the_lower_level_again_checks_it_on_the_swapped_dat
     assert "error: sigmoid(w) * cross_entropy(...): sigmoid(w) has 898 entries but cross_entropy(...) has 539" in err
     assert "note: under metric t's `with train = test`, which trains the lower level again on the swapped data" in err
     assert "fix:" not in err
+
+
+# --- images: reshape, flatten and the layers of a CNN ------------------------------------------
+
+IMAGES = BASE.replace("label_noise=0.4)", "label_noise=0.4, images=True)")
+CNN = "Sequential(Conv2d(train.channels, 4, 3), ReLU(), MaxPool2d(2), Flatten(), Linear(36, train.classes))"
+
+
+def test_reshape_and_flatten_run_and_keep_the_samples(in_root):
+    text = (IMAGES.replace("net(val.x)", "net(flatten(val.x))")
+            .replace("net(train.x)", "net(reshape(train.x, [-1, train.features]))")
+            .replace("net(test.x)", "net(flatten(reshape(flatten(test.x), [-1, train.channels, 8, 8]), start_dim=1))"))
+    pipeline = blodsl.compile(text, compile=False, device="cpu")
+    assert torch.isfinite(pipeline.hypergradient()["w"]).all()
+    assert 0 < pipeline.evaluate()["test_accuracy"] <= 1
+
+
+def test_a_shape_the_values_do_not_fill(tmp_path, monkeypatch):
+    text = BASE.replace("net(val.x)", "net(flatten(reshape(val.x, [-1, 1, 8, 9])))")
+    assert run_in(tmp_path, monkeypatch, text) == (1, """\
+t.blo:6:43: error: reshape(val.x, [-1, 1, 8, 9]): val.x holds 64 values per sample but 1 x 8 x 9 is 72
+ 6 |     objective = cross_entropy(net(flatten(reshape(val.x, [-1, 1, 8, 9]))), val.y)
+   |                                           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+t.blo:2:12: note: val holds 64 features (val.features)
+ 2 |     train, val, test = digits(split=[0.5, 0.2, 0.3], label_noise=0.4)
+   |            ^^^
+t.blo: 1 error
+""")
+    text = BASE.replace("net(val.x)", "net(flatten(reshape(val.x, [train.n, 1, 8, 8])))")
+    status, err = run_in(tmp_path, monkeypatch, text)
+    assert err.startswith("t.blo:6:43: error: reshape(val.x, [train.n, 1, 8, 8]): val.x holds 22976 values "
+                          "(359 x 64), but 898 x 1 x 8 x 8 is 57472\n")
+    assert "note: train holds 898 samples (train.n)\n" in err
+    assert err.endswith("  fix: write -1 for the samples: reshape(val.x, [-1, 1, 8, 8])\nt.blo: 1 error\n")
+
+
+def test_images_into_a_linear_model_are_flattened_by_the_fix(tmp_path, monkeypatch):
+    status, err = run_in(tmp_path, monkeypatch, IMAGES)
+    assert (status, err.count("error:")) == (1, 3)
+    assert err.startswith("""\
+t.blo:6:31: error: net(val.x): net takes 64 inputs but val.x has shape [359, 1, 8, 8]
+  6 |     objective = cross_entropy(net(val.x), val.y)
+    |                               ^^^^^^^^^^
+t.blo:10:5: note: net = Linear(train.features, train.classes) declares 64 inputs
+ 10 |     model net = Linear(train.features, train.classes)
+    |     ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  fix: flatten the images first: net(flatten(val.x))
+""")
+
+
+def test_a_convolution_on_flat_data_says_to_load_images(tmp_path, monkeypatch):
+    status, err = run_in(tmp_path, monkeypatch, BASE.replace("Linear(train.features, train.classes)",
+                                                             CNN.replace("train.channels", "1")))
+    assert status == 1
+    assert err.startswith("t.blo:6:31: error: net(val.x): net takes images (N x C x H x W) but val.x has shape "
+                          "[359, 64]\n")
+    assert "t.blo:2:12: note: val holds 64 features (val.features)\n" in err
+    assert "  fix: load images: digits(..., images=True)\n" in err
+    # and train.channels, where digits gives no images, is the checker's
+    assert errors_of(BASE.replace("Linear(train.features, train.classes)", CNN)) == [
+        "dataset 'train' has no size 'channels'"]
+
+
+@pytest.mark.parametrize("layers,message,fix", [
+    (CNN.replace("Linear(36", "Linear(128"), "Linear(128, train.classes), layer 5 of net, takes 128 inputs but the "
+     "layers before it give 36", "declare net = " + CNN),
+    (CNN.replace("Flatten(), ", ""), "Linear(36, train.classes), layer 4 of net, takes 36 inputs but the layers before "
+     "it give shape [359, 4, 3, 3]", "put Flatten() before it"),
+])
+def test_a_layer_inside_a_sequential_is_checked_against_the_layers_before_it(layers, message, fix, tmp_path,
+                                                                            monkeypatch):
+    status, err = run_in(tmp_path, monkeypatch, IMAGES.replace("Linear(train.features, train.classes)", layers))
+    assert status == 1
+    first = err.split("\nt.blo:11:", 1)[0]
+    assert first.startswith(f"t.blo:6:31: error: net(val.x): {message}\n")
+    assert f"t.blo:10:5: note: net's layer {4 if 'put' in fix else 5} is Linear(" in first
+    assert first.endswith(f"  fix: {fix}")
+
+
+@pytest.mark.parametrize("call,message", [
+    ("reshape(val.x, 64)", "reshape's shape is a list of dimensions"),
+    ("reshape(val.x, [-1, val.y])", "reshape's dimensions are whole numbers and dataset sizes, not val.y"),
+    ("reshape(val.x, [-1, 1.5])", "reshape's dimensions are whole numbers and dataset sizes, not 1.5"),
+    ("reshape(val.x, [0, 64])", "a dimension of reshape is -1 (what is left) or a whole number >= 1, not 0"),
+    ("reshape(val.x, [-1, -1, 8])", "only one of reshape's dimensions may be -1"),
+    ("flatten(val.x, start_dim=0.5)", "flatten's start_dim must be an integer, not 0.5"),
+    ("flatten(val.x, 1)", "flatten takes 1 positional argument, not 2"),
+])
+def test_reshape_and_flatten_arguments_are_checked(call, message):
+    assert errors_of(BASE.replace("net(val.x)", f"net({call})")) == [message]
+    assert errors_of(BASE.replace("net(val.x)", "net(reshape(val.x, [-1, 2 * val.features - 64]))")) == []
+
+
+@pytest.mark.parametrize("layers,message", [
+    ("MLP(train.features, [1e-30], train.classes)",
+     "MLP's hidden must be a list of whole numbers >= 1, e.g. [32, 32], not [1e-30]"),
+    ("Linear(train.features, 2.5)", "Linear's out_features must be an integer >= 1, not 2.5"),
+    ("Sequential(Conv2d(1, 8, 0), Flatten(), Linear(8, 10))", "Conv2d's kernel_size must be an integer >= 1, not 0"),
+])
+def test_a_layers_sizes_are_whole_numbers(layers, message):
+    assert errors_of(BASE.replace("Linear(train.features, train.classes)", layers)) == [message]

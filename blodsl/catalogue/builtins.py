@@ -54,6 +54,10 @@ FUNCTIONS: dict[str, Signature] = {s.name: s for s in (
     _sig("norm", "norm(x or model): Euclidean norm of a tensor or of all a model's weights", 1, 1),
     _sig("sqdist", "sqdist(a, b): squared distance between two tensors or two models of one structure", 2, 2),
     _sig("mix", "mix(logits, [a, b, ...]): softmax(logits)-weighted sum of candidates", 2, 2),
+    _sig("reshape", "reshape(x, [dim, ...]): the same values in another shape; -1 stands for what is left, "
+         "e.g. reshape(train.x, [-1, 1, 8, 8])", 2, 2),
+    _sig("flatten", "flatten(x, start_dim=1): the dimensions from start_dim on as one; the first, the samples, "
+         "is kept", 1, 1, Param("start_dim", int)),
 )}
 
 # Functions that accept a model (meaning all its weights) as their argument.
@@ -76,14 +80,21 @@ _ACTIVATION = choice("activation", "relu", "tanh", "sigmoid", "gelu", quoted=Tru
 class Layer:
     signature: Signature
     parameters: tuple[str, ...] = ()   # names reachable as `net.weight`
+    positional: tuple[Param, ...] = ()  # what each positional argument must be, where written as a constant
     widths: tuple[int, int] | None = None  # which positional arguments are its input and output widths
     axis: int = -1                     # the dimension those widths size (a Conv2d's channels: -3)
     elementwise: bool = False          # keeps its input's shape (an activation)
 
 
+# A layer's sizes: whole numbers (or dataset sizes, checked when the data is loaded).
+_LAYER_ARGS = rows(*(count(name) for name in ("in_features", "out_features", "in_channels", "out_channels",
+                                               "kernel_size")),
+                   Param("hidden", list, low=1, item=int, words="a list of whole numbers >= 1, e.g. [32, 32]"))
+
+
 def _layer(name, summary, positional=(), parameters=(), *keywords: Param, **shape):
     n = len(positional)
-    return Layer(_sig(name, summary, n, n, *keywords), parameters, **shape)
+    return Layer(_sig(name, summary, n, n, *keywords), parameters, tuple(_LAYER_ARGS[a] for a in positional), **shape)
 
 
 LAYERS: dict[str, Layer] = {layer.signature.name: layer for layer in (
@@ -114,9 +125,14 @@ INITIALISERS: dict[str, Signature] = {s.name: s for s in (
 LIKE = _sig("like", "like(model, value=v): one number per weight of a model, each starting at v", 1, 1,
             Param("value", float, 0.0))
 
-# `input()` in place of a dataset, a variable's initialiser or a model: bound from Python.
-INPUT = _sig("input", "input(): a dataset, tensor or module supplied from Python at run time", 0, 0,
-             Param("fields", list, item=str, pattern=r"[A-Za-z_]\w*", words='a list of names, e.g. fields=["x", "y"]'))
+# `input()` in place of a dataset, a variable's initialiser or a model: bound from Python. Its
+# keywords describe a dataset; a variable's or model's input() takes none.
+INPUT = _sig("input", "input(): a dataset, tensor or module supplied from Python at run time; a dataset's may "
+             "say fields=[\"x\", \"y\"], labels=True or False (default: by y's dtype) and tasks=True (a batch "
+             "of few-shot tasks)", 0, 0,
+             Param("fields", list, item=str, pattern=r"[A-Za-z_]\w*", words='a list of names, e.g. fields=["x", "y"]'),
+             flag("labels"), flag("tasks"))
+INPUT_VALUE = replace(INPUT, keywords={})
 
 # --- data sources ------------------------------------------------------------
 
@@ -129,9 +145,15 @@ class DataSource:
     tasks: bool = False                  # yields batches of few-shot tasks
     path_arg: bool = False               # first positional argument is a file or folder
     default_split: tuple[float, ...] = ()
+    # when `x` holds images (N x C x H x W), with the sizes channels, height and width:
+    # "never", "always", "flag" (with images=True) or "file" (when the file's array does)
+    images: str = "never"
 
 
 _TABLE_SIZES = ("n", "features", "classes")
+IMAGE_SIZES = ("channels", "height", "width")
+TASK_SIZES = ("tasks", "shots", "queries")
+TASK_FIELDS = ("support_x", "support_y", "query_x", "query_y")
 
 # Every table's field of sample numbers: `w[train.index]` reads the weights of a minibatch's samples.
 INDEX = "index"
@@ -145,7 +167,7 @@ DATA_ARGS = rows(
     *(count(name) for name in ("n", "features", "informative", "classes", "tasks", "shots", "queries")),
     *(Param(name, list, length=2, ordered=True, words="a range [low, high]") for name in ("amplitude", "phase", "x_range")),
     nonnegative("noise"), nonnegative("separation"),
-    flag("standardize"), flag("header"),
+    flag("standardize"), flag("header"), flag("images"), flag("labels"),
     anything("x"), anything("y"), anything("target"),
 )
 
@@ -155,12 +177,15 @@ def _source(name, summary, min_args, *args: str):
 
 
 _COMMON = ("split", "seed", "label_noise")
+_FILE = ("labels", *_COMMON)   # a file's y: class labels or regression targets, by its dtype unless labels= says
 
 DATA_SOURCES: dict[str, DataSource] = {d.signature.name: d for d in (
-    DataSource(_source("digits", "digits(split=[0.5, 0.25, 0.25], label_noise=0, seed=0): scikit-learn's "
-                       "8x8 digits; label_noise flips that fraction of the first split's labels", 0,
-                       "standardize", *_COMMON),
-               ("x", "y", "y_clean", "noisy"), _TABLE_SIZES, default_split=(0.5, 0.25, 0.25)),
+    DataSource(_source("digits", "digits(split=[0.5, 0.25, 0.25], label_noise=0, seed=0, images=False): "
+                       "scikit-learn's 8x8 digits, x flat (N x 64) or, with images=True, N x 1 x 8 x 8; "
+                       "label_noise flips that fraction of the first split's labels", 0,
+                       "standardize", "images", *_COMMON),
+               ("x", "y", "y_clean", "noisy"), _TABLE_SIZES + IMAGE_SIZES, default_split=(0.5, 0.25, 0.25),
+               images="flag"),
     DataSource(_source("classification", "classification(n=1000, features=20, informative=features, classes=2, "
                        "split=..., seed=0): Gaussian clusters; only the first `informative` features carry signal",
                        0, "n", "features", "informative", "classes", "separation", *_COMMON),
@@ -172,18 +197,34 @@ DATA_SOURCES: dict[str, DataSource] = {d.signature.name: d for d in (
                        "phase=[0, 3.1416], x_range=[-5, 5], seed=0): a fresh batch of few-shot "
                        "regression tasks every outer step", 0,
                        "tasks", "shots", "queries", "amplitude", "phase", "x_range", "seed"),
-               ("support_x", "support_y", "query_x", "query_y"), ("tasks", "shots", "queries"), tasks=True),
-    DataSource(_source("npz", "npz('file.npz', x='x', y='y', split=...)", 1, "x", "y", *_COMMON),
+               TASK_FIELDS, TASK_SIZES, tasks=True),
+    DataSource(_source("npz", "npz('file.npz', x='x', y='y', labels=by dtype, split=...): arrays of any shape; "
+                       "N x H x W images gain a channel axis", 1, "x", "y", *_FILE),
+               ("x", "y"), _TABLE_SIZES + IMAGE_SIZES, path_arg=True, images="file"),
+    DataSource(_source("pt", "pt('file.pt', x='x', y='y', labels=by dtype, split=...): a torch.save'd dict of "
+                       "tensors, shaped as npz's", 1, "x", "y", *_FILE),
+               ("x", "y"), _TABLE_SIZES + IMAGE_SIZES, path_arg=True, images="file"),
+    DataSource(_source("csv", "csv('file.csv', target='label', labels=..., split=...): numeric columns; target "
+                       "is a column name or index (default: the last), class labels when every value in it is "
+                       "written as a whole number", 1, "target", "header", *_FILE),
                ("x", "y"), _TABLE_SIZES, path_arg=True),
-    DataSource(_source("pt", "pt('file.pt', x='x', y='y', split=...): a torch.save'd dict of tensors",
-                       1, "x", "y", *_COMMON),
-               ("x", "y"), _TABLE_SIZES, path_arg=True),
-    DataSource(_source("csv", "csv('file.csv', target='label', split=...): numeric columns; target is "
-                       "a column name or index (default: the last)", 1, "target", "header", *_COMMON),
-               ("x", "y"), _TABLE_SIZES, path_arg=True),
-    DataSource(_source("idx", "idx('folder', split=...): MNIST-format IDX files (images and labels)", 1, *_COMMON),
-               ("x", "y"), _TABLE_SIZES, path_arg=True),
+    DataSource(_source("idx", "idx('folder', split=...): MNIST-format IDX files, images as N x 1 x H x W and "
+                       "their labels", 1, *_FILE),
+               ("x", "y"), _TABLE_SIZES + IMAGE_SIZES, path_arg=True, images="always"),
 )}
+
+
+def dataset_members(source: str, args: dict) -> tuple[list[str], list[str]]:
+    """A dataset's fields and sizes, as its source and the call's constant arguments make them."""
+    if source == "input":
+        tasks = bool(args.get("tasks"))
+        fields = args.get("fields")
+        fields = fields if isinstance(fields, list) and fields else TASK_FIELDS if tasks else ("x", "y")
+        return [str(f) for f in fields], list(TASK_SIZES if tasks else _TABLE_SIZES + IMAGE_SIZES)
+    row = DATA_SOURCES[source]
+    images = row.images != "never" and (row.images != "flag" or bool(args.get("images")))
+    return list(row.fields), [s for s in row.sizes if images or s not in IMAGE_SIZES]
+
 
 # --- optimisers --------------------------------------------------------------
 # What optimiser arguments must be; an argument not named here takes any constant.

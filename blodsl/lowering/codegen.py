@@ -218,7 +218,9 @@ class Emitter:
             names += [d.name for d in group]
             if first.source == "input":
                 bound = [f for f in first.fields if f != INDEX]   # the runtime numbers the samples
-                call = f'rt.data.bound("{first.name}", self.bound("{first.name}", "a dataset"), {lit(bound)})'
+                said = "".join(f", {k}={lit(v)}" for k, v in first.args.items() if k != "fields")
+                call = (f'rt.data.bound("{first.name}", self.bound("{first.name}", "a dataset"), '
+                        f'{lit(bound)}{said})')
             else:
                 args = dict(first.args)
                 if first.source != "sinusoid" and "split" not in args:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import ir
-from ..catalogue.builtins import LAYERS
+from ..catalogue.builtins import IMAGE_SIZES, LAYERS
 from ..syntax.source import Source
 from . import functions
 from .data import TaskSource
@@ -24,7 +24,9 @@ OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": opera
              "%": operator.mod, "**": operator.pow, "<": operator.lt, "<=": operator.le, ">": operator.gt,
              ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 UNARY = {"-": operator.neg, "+": operator.pos}
-SIZE_WORDS = {"n": "samples", "shots": "support points per task", "queries": "query points per task"}
+SIZE_WORDS = {"n": "samples", "shots": "support points per task", "queries": "query points per task",
+              "height": "rows of pixels", "width": "columns of pixels"}
+IMAGE_AXES = ("n", *IMAGE_SIZES)   # what each dimension of N x C x H x W images is
 
 
 @dataclass(frozen=True)
@@ -123,26 +125,51 @@ class Evaluation:
 
     def applied(self, node: ir.Expr, fn, args: list[ir.Expr], kwargs: dict[str, ir.Expr]) -> Traced:
         operands = [self.value(a) for a in args]
-        out = self.call(node, fn, operands, {k: self.value(v).value for k, v in kwargs.items()})
+        kwargs = {k: self.value(v).value for k, v in kwargs.items()}
+        out = self.call(node, fn, operands, kwargs)
+        if isinstance(node, ir.Call) and node.fn in ("reshape", "flatten"):
+            return Traced(node, out, self.reshaped_dims(out, operands, kwargs.get("start_dim", 1)))
         return Traced(node, out, _inherit(out, operands))
 
     # --- where sizes come from ------------------------------------------------------------------
 
     def data_dims(self, name: str, t: torch.Tensor) -> tuple[Origin, ...]:
-        """A dataset's sizes, each named as the program can write it (val.n, val.features) where one matches."""
+        """A dataset's sizes, each named as the program can write it (val.n, val.features) where one matches:
+        an image's dimensions by their place (8 x 8 pixels are a height and a width)."""
+        sizes = self.pipeline.sources[name].sizes
+        places = IMAGE_AXES if t.dim() == 4 and "channels" in sizes else ()
+        dims = tuple(self.size_origin(name, size, places[i] if places else None) for i, size in enumerate(t.shape))
+        decl = self.datasets[name]
+        if dims and self.minibatch and decl.batch is not None:
+            dims = (Origin(decl, f"{name} is read in minibatches of {t.shape[0]} samples (batch={t.shape[0]}); a "
+                                 f"variable with one entry per sample takes a minibatch's as w[{name}.index]"),) + dims[1:]
+        return dims
+
+    def size_origin(self, name: str, size: int, key: str | None = None) -> Origin:
+        """Dataset `name`'s declaration as the origin of a dimension of `size` (its size `key` if given)."""
         decl, sizes = self.datasets[name], self.pipeline.sources[name].sizes
-        dims = []
-        for i, size in enumerate(t.shape):
-            if i == 0 and self.minibatch and decl.batch is not None:
-                dims.append(Origin(decl, f"{name} is read in minibatches of {size} samples (batch={size}); a "
-                                         f"variable with one entry per sample takes a minibatch's as w[{name}.index]"))
-                continue
+        if sizes.get(key) != size:
             key = next((k for k, v in sizes.items() if v == size), None)
-            if key is None:
-                dims.append(Origin(decl, f"{name} is declared here"))
+        if key is None:
+            return Origin(decl, f"{name} is declared here")
+        words = SIZE_WORDS.get(key, key)
+        return Origin(decl, f"{name} holds {size} {words} ({name}.{key})", ir.SizeRef(dataset=name, size=key))
+
+    def reshaped_dims(self, out, operands: list[Traced], start_dim: int) -> tuple[Origin | None, ...]:
+        """reshape and flatten keep the leading dimensions they do not touch (the samples), and a
+        dimension written as a dataset's size (`train.height`) comes from that dataset."""
+        given, shape = operands[0], _shape(out)
+        written = operands[1].items if len(operands) > 1 else ()
+        kept = 1 if written else start_dim % max(len(given.shape), 1)   # flatten keeps those before start_dim
+        dims = []
+        for i, size in enumerate(shape):
+            item = written[i].node if i < len(written) else None
+            if isinstance(item, ir.SizeRef):
+                dims.append(self.size_origin(self.rebind.get(item.dataset, item.dataset), size, item.size))
+            elif i < min(kept, len(given.dims)) and given.shape[i] == size:
+                dims.append(given.dims[i])
             else:
-                words = SIZE_WORDS.get(key, key)
-                dims.append(Origin(decl, f"{name} holds {size} {words} ({name}.{key})", ir.SizeRef(dataset=name, size=key)))
+                dims.append(None)
         return tuple(dims)
 
     def variable_dims(self, decl: ir.Variable, t: torch.Tensor) -> tuple[Origin, ...]:
@@ -162,7 +189,10 @@ class Evaluation:
             last = Origin(model, f"{self.declaration(model)} declares {size} outputs", argument(model.spec, path), path)
         else:
             last = Origin(model, f"{self.declaration(model)} gives {size} outputs")
-        return _inherit(out, inputs)[:-1] + (last,)
+        leading = _inherit(out, inputs)[:-1]
+        if leading and leading[0] is None and inputs and inputs[0].shape[:1] == _shape(out)[:1]:
+            leading = inputs[0].dims[:1] + leading[1:]   # the samples, through a model that reshapes them (a CNN)
+        return leading + (last,)
 
     def declaration(self, decl) -> str:
         """`w = zeros(val.n)`: the declaration as written, without its keyword."""

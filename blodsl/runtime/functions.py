@@ -67,6 +67,14 @@ def sqdist(a, b):
     return sqnorm(trees.sub(a, b)) if isinstance(a, dict) else ((a - b) ** 2).sum()
 
 
+def reshape(x, shape):
+    return x.reshape(shape)
+
+
+def flatten(x, start_dim=1):
+    return x.flatten(start_dim)
+
+
 def mix(logits, candidates):
     weights = torch.softmax(logits, -1)
     return torch.stack(candidates, -1) @ weights

@@ -19,7 +19,7 @@ import torch
 from torch.func import vmap
 
 from . import inner, trees
-from .data import DataError, TaskSource
+from .data import NO_SIZE_BECAUSE, DataError, TaskSource
 from .guard import all_finite, diverged, first_non_finite
 from .kernels import Objectives, compile_kernels
 from .minibatch import Minibatches
@@ -399,7 +399,7 @@ class Sizes(dict):
 
     def __missing__(self, key: str):
         dataset, _, size = key.partition(".")
-        why = " (its targets are not class labels)" if size == "classes" else ""
+        why = NO_SIZE_BECAUSE.get(size, "")
         raise DataError(f"dataset '{dataset}' has no size '{size}'{why}")
 
 

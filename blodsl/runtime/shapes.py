@@ -14,6 +14,7 @@ import math
 import torch
 
 from .. import ir
+from ..catalogue.builtins import DATA_SOURCES
 from ..syntax.diagnostics import BloError, Diagnostic
 from ..syntax.source import Source
 from .evaluation import Evaluation, Origin, Traced, argument, model_width
@@ -94,7 +95,10 @@ class Shapes(Evaluation):
             case ir.BinOp() | ir.Compare():
                 return self.broadcast(node, *operands)
             case ir.Apply(model=m):
-                return self.model_input(node, self.declared[m], operands[0])
+                model = self.declared[m]
+                return self.model_input(node, model, operands[0]) or self.inside(node, model, operands[0])
+            case ir.Call(fn="reshape"):
+                return self.reshaped(node, *operands)
             case ir.Call(fn=fn) if fn in PAIRED:
                 a, b = operands[:2]
                 if a.shape and b.shape and a.shape[0] != b.shape[0]:
@@ -129,18 +133,101 @@ class Shapes(Evaluation):
 
     def model_input(self, node, model: ir.Model, given: Traced) -> Diagnostic | None:
         width = model_width(model.spec, "input")
-        if width is None or len(given.shape) < -width[1]:
+        if width is None:
             return None
         path, axis = width
         declared = argument(model.spec, path)
-        size = self.problem.sizes[f"{declared.dataset}.{declared.size}"] if isinstance(declared, ir.SizeRef) else declared
-        if given.shape[axis] == size:
-            return None
+        size = self.size_of(declared)
         what = "inputs" if axis == -1 else "input channels"
         mine = Origin(model, f"{self.declaration(model)} declares {size} {what}", declared, path)
-        theirs = given.dims[axis]
+        theirs = given.dims[axis] if len(given.dims) >= -axis else None
+        if axis == -3 and len(given.shape) < 3:
+            return Diagnostic(f"{self.shown(node)}: {model.name} takes images (N x C x H x W) but "
+                              f"{self.shown(given.node)} has shape {list(given.shape)}", node.span,
+                              fix=self.as_images(given), notes=self.notes(given.dims[-1] if given.dims else None))
+        if len(given.shape) < -axis or given.shape[axis] == size:
+            return None
+        if axis == -1 and len(given.shape) > 2:   # images into a Linear: flattened, they may fit
+            fits = math.prod(given.shape[1:]) == size
+            return Diagnostic(f"{self.shown(node)}: {model.name} takes {size} inputs but {self.shown(given.node)} has "
+                              f"shape {list(given.shape)}", node.span, notes=self.notes(mine),
+                              fix=f"flatten the images first: {model.name}(flatten({self.shown(given.node)}))"
+                              if fits else None)
         return Diagnostic(f"{self.shown(node)}: {model.name} takes {size} {what} but {self.sized(given, axis)}",
                           node.span, fix=self.fix(mine, theirs), notes=self.notes(mine, theirs))
+
+    def as_images(self, given: Traced) -> str:
+        made = given.dims[0].decl if given.dims and given.dims[0] else None
+        source = DATA_SOURCES.get(made.source) if isinstance(made, ir.Dataset) else None
+        if source is not None and source.images == "flag":
+            return f"load images: {made.source}(..., images=True)"
+        return f"reshape it: reshape({self.shown(given.node)}, [-1, channels, height, width])"
+
+    def inside(self, node, model: ir.Model, given: Traced) -> Diagnostic | None:
+        """A layer of a Sequential that does not take what the layers before it give (a Linear
+        after a convolution, declared for another image size)."""
+        if model.spec.kind != "sequential" or not torch.is_tensor(given.value):
+            return None
+        x = given.value
+        for i, (spec, layer) in enumerate(zip(model.spec.args, self.problem.modules[model.name])):
+            width = model_width(spec, "input")
+            if width is not None:
+                path, axis = width
+                size = self.size_of(argument(spec, path))
+                if x.dim() < -axis or x.shape[axis] != size:
+                    return self.layer_clash(node, model, i, (i, *path), size, axis, x.shape)
+            try:
+                with torch.no_grad():
+                    x = layer(x)
+            except Exception:   # torch's own message says it, at the application
+                return None
+        return None
+
+    def layer_clash(self, node, model: ir.Model, i: int, slot, size: int, axis: int, shape) -> Diagnostic:
+        layer = model.spec.args[i]
+        mine = Origin(model, f"{model.name}'s layer {i + 1} is {ir.written(layer)}", argument(model.spec, slot), slot)
+        said = f"{self.shown(node)}: {ir.written(layer)}, layer {i + 1} of {model.name}, takes"
+        if axis == -1 and len(shape) > 2:
+            return Diagnostic(f"{said} {size} inputs but the layers before it give shape {list(shape)}", node.span,
+                              fix="put Flatten() before it", notes=self.notes(mine))
+        if len(shape) < -axis:
+            return Diagnostic(f"{said} images but the layers before it give shape {list(shape)}", node.span,
+                              notes=self.notes(mine))
+        what = "inputs" if axis == -1 else "input channels"
+        return Diagnostic(f"{said} {size} {what} but the layers before it give {shape[axis]}", node.span,
+                          fix=f"declare {self.redeclared(mine, shape[axis])}", notes=self.notes(mine))
+
+    def reshaped(self, node, given: Traced, shape: Traced) -> Diagnostic | None:
+        """A shape that the values do not fill, said per sample where the first dimension is -1."""
+        if not torch.is_tensor(given.value):
+            return None
+        dims, values = shape.value, given.value.numel()
+        known = math.prod(d for d in dims if d != -1)
+        if not known or (values % known == 0 if -1 in dims else values == known):
+            return None
+        x = self.shown(given.node)
+        written = [self.shown(item.node) for item in shape.items]
+        notes = [self.size_origin(self.rebind.get(item.node.dataset, item.node.dataset), item.value, item.node.size)
+                 for item in shape.items if isinstance(item.node, ir.SizeRef)]
+        per_sample = math.prod(given.shape[1:]) if len(given.shape) > 1 else None
+        if dims[0] == -1 and per_sample is not None:
+            made = given.dims[0].decl if given.dims and given.dims[0] else None
+            if isinstance(made, ir.Dataset) and self.pipeline.sources[made.name].sizes.get("features") == per_sample:
+                notes.insert(0, self.size_origin(made.name, per_sample, "features"))
+            return Diagnostic(f"{self.shown(node)}: {x} holds {per_sample} values per sample but "
+                              f"{' x '.join(map(str, dims[1:]))} is {math.prod(dims[1:])}", node.span,
+                              notes=self.notes(*notes))
+        fix = None
+        if per_sample is not None and -1 not in dims and math.prod(dims[1:]) == per_sample:
+            fix = f"write -1 for the samples: reshape({x}, [-1, {', '.join(written[1:])}])"
+        held = (f"which {' x '.join(map(str, (d for d in dims if d != -1)))} does not divide" if -1 in dims
+                else f"but {' x '.join(map(str, dims))} is {known}")
+        return Diagnostic(f"{self.shown(node)}: {x} holds {values} values ({' x '.join(map(str, given.shape))}), "
+                          f"{held}", node.span, fix=fix, notes=self.notes(*notes))
+
+    def size_of(self, declared) -> int:
+        """A layer's width as declared: a number, or a dataset's size."""
+        return self.problem.sizes[f"{declared.dataset}.{declared.size}"] if isinstance(declared, ir.SizeRef) else declared
 
     def labels(self, node, logits: Traced, labels: Traced, *_):
         """Class labels beyond the scores' count: torch's error for them is an index deep inside (on a GPU,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .. import ir
-from ..catalogue.builtins import DATA_SOURCES, INDEX, INPUT, DataSource
+from ..catalogue.builtins import DATA_SOURCES, IMAGE_SIZES, INDEX, INPUT, DataSource, dataset_members
 from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from .calls import check_call
@@ -118,10 +118,10 @@ class DataBlock:
         return sizes
 
     def make_dataset(self, name, source: DataSource, args, path, split, batch=None) -> ir.Dataset:
+        fields, sizes = dataset_members(source.signature.name, args)
         ds = ir.Dataset(name=name.text, source=source.signature.name, args=args, path=path, split=split,
-                        fields=list(source.fields) + ([] if source.tasks else [INDEX]), sizes=list(source.sizes),
-                        tasks=source.tasks, batch=batch,
-                        line=name.span.line, span=ir.Written.of(name.span))
+                        fields=fields + ([] if source.tasks else [INDEX]), sizes=sizes, tasks=source.tasks,
+                        batch=batch, line=name.span.line, span=ir.Written.of(name.span))
         self.scope.declare(name, Symbol("dataset", name.span, decl=ds))
         return ds
 
@@ -133,10 +133,15 @@ class DataBlock:
             self.scope.error("an input dataset is bound whole from Python and is not split", names[1].span,
                              fix="declare one input per name")
             return []
-        fields = kwargs.get("fields", ["x", "y"])
-        ds = ir.Dataset(name=names[0].text, source="input", args={"fields": fields}, fields=fields + [INDEX],
-                        sizes=["n", "features", "classes"], line=names[0].span.line,
-                        span=ir.Written.of(names[0].span))
+        tasks = kwargs.get("tasks", False)
+        if tasks and "labels" in kwargs:
+            written = next(kw for kw in call.kwargs if kw.name.text == "labels")
+            self.scope.error("a task batch's fields are taken as they are bound; labels= is for a dataset of x "
+                             "and y", written.span, fix="remove it")
+            return []
+        fields, sizes = dataset_members("input", kwargs)
+        ds = ir.Dataset(name=names[0].text, source="input", args={"fields": fields, **kwargs},
+                        fields=fields + ([] if tasks else [INDEX]), sizes=sizes, tasks=tasks, line=names[0].span.line, span=ir.Written.of(names[0].span))
         self.scope.declare(names[0], Symbol("dataset", names[0].span, decl=ds))
         return [ds]
 
@@ -161,3 +166,13 @@ def _samples(source: str, args: dict) -> list[int] | None:
     if total is None:
         return None
     return [int(math.floor(p * total)) for p in args.get("split") or [1.0]]
+
+
+def image_size_fix(ds: ir.Dataset, size: str) -> str | None:
+    """How to have image sizes (train.channels) where the dataset's x is not images."""
+    if size not in IMAGE_SIZES:
+        return None
+    source = DATA_SOURCES.get(ds.source)
+    if source is not None and source.images == "flag":
+        return f"load images: {ds.source}(..., images=True) gives x as N x C x H x W, with channels, height and width"
+    return f"{ds.source}'s x is not images (N x C x H x W), so {ds.name} has no {size}"

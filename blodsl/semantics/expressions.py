@@ -14,6 +14,7 @@ from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from ..syntax.values import WORDS
 from .calls import check_call
+from .data import image_size_fix
 from .scope import Scope
 
 
@@ -136,7 +137,7 @@ class Expressions:
             if attr in ds.sizes:
                 return ir.SizeRef(dataset=head, size=attr), "number"
             self.scope.error(f"dataset '{head}' has no field '{attr}'", e.attr.span,
-                             fix=suggest(attr, ds.fields + ds.sizes)
+                             fix=image_size_fix(ds, attr) or suggest(attr, ds.fields + ds.sizes)
                              or f"{head} has tensors {', '.join(ds.fields)} and sizes {', '.join(ds.sizes)}")
             return None
         if sym and sym.kind == "model":
@@ -211,8 +212,60 @@ class Expressions:
             if name == "mix" and i == 1 and resolved[1] != "list":
                 self.scope.error("mix's candidates are a list: mix(logits, [a(x), b(x)])", a.span)
                 return None
+            if name == "reshape" and i == 1 and not self.dimensions(a, resolved):
+                return None
             args.append(resolved[0])
         return ir.Call(fn=name, args=args, kwargs={k: _constant(v) for k, v in kwargs.items()}), "tensor"
+
+    def dimensions(self, e: ast.Expr, resolved: tuple[ir.Expr, str]) -> bool:
+        """reshape's shape: a list of whole numbers and sizes (`[-1, train.channels, 8, 8]`), one at most -1."""
+        node, kind = resolved
+        if kind != "list":
+            self.scope.error("reshape's shape is a list of dimensions", e.span,
+                             fix="write e.g. reshape(train.x, [-1, 1, 8, 8])")
+            return False
+        for item, written in zip(node.items, e.items):
+            if not _whole(item):
+                self.scope.error(f"reshape's dimensions are whole numbers and dataset sizes, not "
+                                 f"{self.scope.source.text_of(written.span)}", written.span)
+                return False
+            value = _constant_value(item)
+            if value is not None and (value == 0 or value < -1):
+                self.scope.error(f"a dimension of reshape is -1 (what is left) or a whole number >= 1, not {value}",
+                                 written.span)
+                return False
+        if [_constant_value(item) for item in node.items].count(-1) > 1:
+            self.scope.error("only one of reshape's dimensions may be -1", e.span)
+            return False
+        return True
+
+
+def _whole(node: ir.Expr) -> bool:
+    """A whole number the program writes: integers and dataset sizes, with + - * of them."""
+    match node:
+        case ir.Const(value=v):
+            return isinstance(v, int) and not isinstance(v, bool)
+        case ir.SizeRef():
+            return True
+        case ir.Unary(operand=operand):
+            return _whole(operand)
+        case ir.BinOp(op=op, left=left, right=right):
+            return op in ("+", "-", "*") and _whole(left) and _whole(right)
+    return False
+
+
+def _constant_value(node: ir.Expr) -> int | None:
+    """A whole number known before the data is loaded (`-1`, `2 * 4`); None for one a size makes."""
+    match node:
+        case ir.Const(value=v):
+            return v
+        case ir.Unary(op=op, operand=operand):
+            inner = _constant_value(operand)
+            return None if inner is None else -inner if op == "-" else inner
+        case ir.BinOp(op=op, left=left, right=right):
+            a, b = _constant_value(left), _constant_value(right)
+            return None if None in (a, b) else {"+": a + b, "-": a - b, "*": a * b}[op]
+    return None
 
 
 def _builtin_use(name: str, kind: str) -> str | None:

@@ -5,13 +5,14 @@ steps and how it starts."""
 from __future__ import annotations
 
 from .. import ir
-from ..catalogue.builtins import (HAS_MOMENTUM, INITIALISERS, INNER_OPTIMIZERS, INPUT, LAYERS, NOT_SCHEDULERS,
+from ..catalogue.builtins import (HAS_MOMENTUM, INITIALISERS, INNER_OPTIMIZERS, INPUT_VALUE, LAYERS, NOT_SCHEDULERS,
                                   NOT_UPPER_OPTIMIZERS, SCHEDULERS, SEQUENTIAL, TORCH_OPTIMIZERS)
 from ..catalogue.params import CLIP, STEPS, FromProgram
 from ..syntax import ast
 from ..syntax.diagnostics import suggest
 from .blocks import LEVEL_SETTINGS
 from .calls import check_call, checked_value
+from .data import image_size_fix
 from .expressions import Expressions
 from .learned import check_like_target, is_learned, learned_setting, like_variable
 from .scope import NO_VALUE, Scope, Symbol
@@ -67,7 +68,7 @@ class LevelBlock:
                                   + ", like(model), input(); e.g. `var w = zeros(train.n)`").strip())
             return None
         if value.func.id == "input":
-            if check_call(self.scope, INPUT, value) is None:
+            if check_call(self.scope, INPUT_VALUE, value) is None:
                 return None
             return ir.Variable(name=name, level=self.level, init="input", shape=[], line=stmt.span.line)
         sig = INITIALISERS[value.func.id]
@@ -91,7 +92,8 @@ class LevelBlock:
                 if expr.attr.text in sym.decl.sizes:
                     return ir.SizeRef(dataset=expr.obj.id, size=expr.attr.text)
                 self.scope.error(f"dataset '{expr.obj.id}' has no size '{expr.attr.text}'", expr.attr.span,
-                                 fix=suggest(expr.attr.text, sym.decl.sizes) or "sizes: " + ", ".join(sym.decl.sizes))
+                                 fix=image_size_fix(sym.decl, expr.attr.text) or suggest(expr.attr.text, sym.decl.sizes)
+                                 or "sizes: " + ", ".join(sym.decl.sizes))
                 return None
         self.scope.error("a dimension is a positive integer or a dataset size such as train.features", expr.span)
         return None
@@ -107,7 +109,7 @@ class LevelBlock:
         name = expr.func.id if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) else None
         imported = self.scope.symbols.get(name) if name else None
         if name == "input" and top:
-            if check_call(self.scope, INPUT, expr) is None:
+            if check_call(self.scope, INPUT_VALUE, expr) is None:
                 return None
             return ir.LayerSpec(kind="input", name="input")
         if imported and imported.kind == "import":
@@ -136,6 +138,12 @@ class LevelBlock:
         args = [self.layer_arg(a) for a in expr.args]
         if NO_VALUE in args:
             return None
+        for written, value, row in zip(expr.args, args, layer.positional):
+            why = None if _names_a_size(value) else row.problem(value)
+            if why:
+                self.scope.error(f"{name}'s {row.name} {why}, not {self.scope.source.text_of(written.span)}",
+                                 written.span)
+                return None
         return ir.LayerSpec(kind="builtin", name=name, args=args, kwargs=kwargs)
 
     def layer_arg(self, expr: ast.Expr):
@@ -344,3 +352,8 @@ def _called(value: ast.Expr) -> str | None:
     if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
         return value.func.id
     return value.id if isinstance(value, ast.Name) else None
+
+
+def _names_a_size(value) -> bool:
+    """A layer argument that is, or holds, a dataset's size: known only once the data is loaded."""
+    return isinstance(value, ir.SizeRef) or (isinstance(value, list) and any(isinstance(v, ir.SizeRef) for v in value))

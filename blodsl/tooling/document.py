@@ -410,18 +410,13 @@ def _values(setting: str | None) -> list[Item]:
 
 def _dataset_members(call: ast.Call) -> tuple[list[str], list[str]]:
     name = _callee(call)
-    if name in builtins.DATA_SOURCES:
-        source = builtins.DATA_SOURCES[name]
-        return list(source.fields), list(source.sizes)
-    fields = ["x", "y"]   # input(), unless it names its fields
-    for kw in call.kwargs:
+    args = {}
+    for kw in call.kwargs:   # those written as constants: input(fields=[...]), digits(images=True)
         try:
-            value = constant(kw.value)
+            args[kw.name.text] = constant(kw.value)
         except NotConstant:
             continue
-        if kw.name.text == "fields" and isinstance(value, list):
-            fields = [str(v) for v in value]
-    return fields, ["n", "features", "classes"]
+    return builtins.dataset_members(name if name in builtins.DATA_SOURCES else "input", args)
 
 
 def _callee(call: ast.Call) -> str | None:
