@@ -193,6 +193,11 @@ class Emitter:
         batches = {d.name: d.batch for d in p.datasets if d.batch is not None}
         if batches:
             self.emit(f"batches = {lit(batches)}  # samples per read of these datasets in an objective", 1)
+            read = {}
+            for e in ir.nodes([p.upper.objective.expr, p.lower.objective.expr]):
+                if isinstance(e, ir.DataRef) and e.dataset in batches:
+                    read.setdefault(e.dataset, set()).add(e.field)
+            self.emit(f"batch_fields = {lit({n: sorted(f) for n, f in sorted(read.items())})}  # what they read", 1)
         self.emit("metrics = {", 1)
         for m in run.metrics:
             reads = sorted(_datasets(m.expr))

@@ -21,19 +21,23 @@ import torch
 
 
 class Minibatches:
-    def __init__(self, tables: dict[str, dict], batches: dict[str, int], seed: int, device):
+    def __init__(self, tables: dict[str, dict], batches: dict[str, int], seed: int, device,
+                 fields_read: dict[str, list[str]] | None = None):
         self.tables, self.batches, self.seed, self.device = tables, batches, seed, device
+        self.fields_read = fields_read   # dataset -> the fields objectives read (None: all); only they are gathered
         self._shuffles: dict[tuple[str, str], tuple[int, torch.Tensor]] = {}   # (dataset, stream) -> (epoch, order)
 
-    def indices(self, name: str, stream: str, draws: torch.Tensor | list[int]) -> torch.Tensor:
+    def indices(self, name: str, stream: str, draws: list[int]) -> torch.Tensor:
         """The sample indices of the given draws of a stream: [len(draws), N]."""
         size, n = self.batches[name], _rows(self.tables[name])
         per_epoch = n // size
-        rows = []
-        for k in (draws.tolist() if torch.is_tensor(draws) else draws):
-            epoch, position = divmod(k, per_epoch)
-            rows.append(self._shuffle(name, stream, epoch, n)[position * size:(position + 1) * size])
-        return torch.stack(rows)
+        epochs = {k // per_epoch for k in draws}
+        first = draws[0] % per_epoch
+        if len(epochs) == 1 and draws == list(range(draws[0], draws[0] + len(draws))):
+            # the usual case, consecutive draws of one epoch: a view of its order, nothing copied
+            order = self._shuffle(name, stream, epochs.pop(), n)[:per_epoch * size].view(per_epoch, size)
+            return order[first:first + len(draws)]
+        return torch.cat([self.indices(name, stream, [k]) for k in draws])
 
     def _shuffle(self, name: str, stream: str, epoch: int, n: int) -> torch.Tensor:
         """This epoch's order of the samples, made once and kept on the run's device."""
@@ -51,12 +55,15 @@ class Minibatches:
 
     def steps(self, names, outer_step: int, steps: int, first: int, length: int) -> dict:
         """The minibatches of inner steps first .. first + length - 1 of an outer step, stacked:
-        field tensors [length, N, ...]. Steps past the last repeat it (they are switched off)."""
-        draws = [outer_step * steps + min(t, steps - 1) for t in range(first, first + length)]
+        field tensors [length, N, ...]. Steps past the last are switched off; they read on into
+        the next outer step's draws, which keeps the draws consecutive (and takes none away)."""
+        draws = [outer_step * steps + t for t in range(first, first + length)]
         return {n: self._take(n, self.indices(n, "inner", draws)) for n in names if n in self.batches}
 
     def _take(self, name: str, index: torch.Tensor) -> dict:
-        return {f: t[index] if torch.is_tensor(t) and t.dim() > 0 else t for f, t in self.tables[name].items()}
+        read = self.fields_read.get(name) if self.fields_read is not None else None
+        return {f: t[index] if torch.is_tensor(t) and t.dim() > 0 else t for f, t in self.tables[name].items()
+                if read is None or f in read}
 
 
 def _rows(fields: dict) -> int:

@@ -72,7 +72,7 @@ class Pipeline:
         self.tables = {name: _numbered(src.to(self.device, self.dtype).fields, self.device)
                        for name, src in self.sources.items() if not isinstance(src, TaskSource)}
         self.minibatches = Minibatches(self.tables, _checked_batches(problem.batches, self.tables), self.seed,
-                                       self.device)
+                                       self.device, problem.batch_fields)
         upper, lower = problem.upper_level(), problem.lower_level()
         problem.modules = {name: m.to(device=self.device, dtype=self.dtype)
                            for name, m in {**upper.models, **lower.models}.items()}

@@ -101,6 +101,7 @@ class Problem:
     data_used: list[str] = []                 # datasets the objectives read
     lower_data: list[str] = []                # datasets the lower objective reads
     batches: dict[str, int] = {}              # minibatch size of the datasets read in minibatches
+    batch_fields: dict[str, list[str]] = {}   # the fields of those the objectives read
     dtype: str = "float32"
     device: str = "auto"
     seed: int = 0

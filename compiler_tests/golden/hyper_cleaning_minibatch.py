@@ -17,6 +17,7 @@ class Problem(rt.Problem):
     data_used = ["train", "val"]
     lower_data = ["train"]
     batches = {"train": 256, "val": 1000}  # samples per read of these datasets in an objective
+    batch_fields = {"train": ["index", "x", "y"], "val": ["x", "y"]}  # what they read
     metrics = {
         "test_accuracy": rt.MetricSpec(rebind={}, datasets=("test",), per_sample=True),  # hyper_cleaning_minibatch.blo:38
         "flagged_f1": rt.MetricSpec(rebind={}, datasets=("train",)),  # hyper_cleaning_minibatch.blo:39
