@@ -53,17 +53,20 @@ class Minibatches:
         return {n: (self._take(n, self.indices(n, stream, [draw])[0]) if n in self.batches else self.tables[n])
                 for n in names}
 
-    def steps(self, names, outer_step: int, steps: int, first: int, length: int) -> dict:
-        """The minibatches of inner steps first .. first + length - 1 of an outer step, stacked:
-        field tensors [length, N, ...]. Steps past the last are switched off; they read on into
-        the next outer step's draws, which keeps the draws consecutive (and takes none away)."""
+    def step_indices(self, names, outer_step: int, steps: int, first: int, length: int) -> dict:
+        """The samples inner steps first .. first + length - 1 of an outer step read ([length, N]), with
+        the tables they come from: the compiled chunk gathers them itself. Steps past the last are
+        switched off; they read on into the next outer step's draws, which keeps the draws
+        consecutive (and takes none away)."""
         draws = [outer_step * steps + t for t in range(first, first + length)]
-        return {n: self._take(n, self.indices(n, "inner", draws)) for n in names if n in self.batches}
+        return {n: (self._fields_read(n), self.indices(n, "inner", draws)) for n in names if n in self.batches}
+
+    def _fields_read(self, name: str) -> dict:
+        read = self.fields_read.get(name) if self.fields_read is not None else None
+        return {f: t for f, t in self.tables[name].items() if read is None or f in read}
 
     def _take(self, name: str, index: torch.Tensor) -> dict:
-        read = self.fields_read.get(name) if self.fields_read is not None else None
-        return {f: t[index] if torch.is_tensor(t) and t.dim() > 0 else t for f, t in self.tables[name].items()
-                if read is None or f in read}
+        return {f: t[index] if torch.is_tensor(t) and t.dim() > 0 else t for f, t in self._fields_read(name).items()}
 
 
 def _rows(fields: dict) -> int:
@@ -75,13 +78,15 @@ STEPS = "@steps"
 
 
 def with_steps(d: dict, stacked: dict) -> dict:
-    """A chunk's data: the outer step's reads, and each inner step's minibatches stacked."""
+    """A chunk's data: the outer step's reads, and for each dataset read per inner step its table
+    and the chunk's sample indices."""
     return {**d, STEPS: stacked} if stacked else d
 
 
 def at_step(d: dict, i: int) -> dict:
-    """Inside a chunk: the data inner step i reads."""
+    """Inside a chunk: the data inner step i reads, gathered here from the whole table (inside the
+    compiled kernel, where the gather fuses with what reads it)."""
     if STEPS not in d:
         return d
-    step = {n: {f: t[i] for f, t in fields.items()} for n, fields in d[STEPS].items()}
+    step = {n: {f: t[index[i]] for f, t in fields.items()} for n, (fields, index) in d[STEPS].items()}
     return {**{n: v for n, v in d.items() if n != STEPS}, **step}

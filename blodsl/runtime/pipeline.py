@@ -136,7 +136,7 @@ class Pipeline:
         names = [n for n in self.problem.lower_data if n in self.problem.batches]
         if not names:
             return None
-        return lambda t0, c: self.minibatches.steps(names, step, steps, t0, c)
+        return lambda t0, c: self.minibatches.step_indices(names, step, steps, t0, c)
 
     def _draws(self, step: int):
         """i -> the i-th fresh minibatch of outer step `step` (a stochastic solver's oracle calls), each
