@@ -393,8 +393,8 @@ def _declared_at(error: BaseException) -> int | None:
 
 def summary(program: ir.Program) -> str:
     """A few lines a user can check their program against."""
-    data = ", ".join(f"{d.name} ({d.source}{'' if d.split is None else f' part {d.split + 1}'})"
-                     for d in program.datasets)
+    data = ", ".join(f"{d.name} ({d.source}{'' if d.split is None else f' part {d.split + 1}'}"
+                     f"{'' if d.batch is None else f', minibatches of {d.batch}'})" for d in program.datasets)
     lines = [f"{program.path}: ok"]
     if data:
         lines.append(f"  data      {data}")

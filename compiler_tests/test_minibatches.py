@@ -176,3 +176,12 @@ def test_a_mean_over_samples_is_measured_in_chunks_to_the_same_value(monkeypatch
     chunked = p.evaluate()
     assert chunked["val_acc"] == pytest.approx(whole["val_acc"], rel=1e-12)
     assert chunked["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-12)
+
+
+def test_check_says_which_datasets_are_read_in_minibatches():
+    from blodsl.cli import summary
+    from helpers import check_text
+
+    line = summary(check_text(cleaning()).program).splitlines()[1]
+    assert line == "  data      train (classification part 1, minibatches of 32), " \
+                   "val (classification part 2, minibatches of 40)"
