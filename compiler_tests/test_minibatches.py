@@ -185,3 +185,21 @@ def test_check_says_which_datasets_are_read_in_minibatches():
     line = summary(check_text(cleaning()).program).splitlines()[1]
     assert line == "  data      train (classification part 1, minibatches of 32), " \
                    "val (classification part 2, minibatches of 40)"
+
+
+def test_data_bound_from_python_is_read_in_minibatches_too():
+    from oracles import program, randn
+
+    source = program(data='train = input(batch=16)\nval = input()',
+                     upper="var w = zeros(40)\nobjective = mse(val.x @ y, val.y)\noptimizer = SGD(lr=0.1)",
+                     lower="var y = zeros(3)\nobjective = mean(exp(w[train.index]) * (train.x @ y - train.y) ** 2)\n"
+                           "optimizer = SGD(lr=0.1)\nsteps = 4",
+                     pipeline="RAD")
+    data = {"train": {"x": randn(40, 3, seed=1), "y": randn(40, seed=2)},
+            "val": {"x": randn(20, 3, seed=3), "y": randn(20, seed=4)}}
+    pipeline = build(source, **data)
+    read = pipeline.minibatches.indices("train", "inner", [0, 1, 2, 3])
+    moved = pipeline.hypergradient()["w"] != 0
+    assert set(moved.nonzero().reshape(-1).tolist()) <= set(read.reshape(-1).tolist())
+    assert "a task batch bound from Python is read whole" in report_of(
+        "data {\n    tasks = input(tasks=True, batch=4)\n}\n")

@@ -44,13 +44,13 @@ class DataBlock:
                              fix=(suggest(name, DATA_SOURCES) + " " if name and suggest(name, DATA_SOURCES) else "")
                              + "sources are: " + ", ".join(list(DATA_SOURCES) + ["input"]))
             return []
-        if value.func.id == "input":
-            return self.input_dataset(names, value)
-        source = DATA_SOURCES[value.func.id]
         batch_kw = next((kw for kw in value.kwargs if kw.name.text == "batch"), None)
         if batch_kw is not None:   # a setting of the reads, not of the source: checked here
             value = ast.Call(value.func, value.args, [kw for kw in value.kwargs if kw is not batch_kw],
                              span=value.span)
+        if value.func.id == "input":
+            return self.input_dataset(names, value, batch_kw)
+        source = DATA_SOURCES[value.func.id]
         kwargs = check_call(self.scope, source.signature, value)
         if kwargs is None:
             return []
@@ -125,9 +125,16 @@ class DataBlock:
         self.scope.declare(name, Symbol("dataset", name.span, decl=ds))
         return ds
 
-    def input_dataset(self, names, call) -> list[ir.Dataset]:
+    def input_dataset(self, names, call, batch_kw: ast.Keyword | None) -> list[ir.Dataset]:
         kwargs = check_call(self.scope, INPUT, call)
         if kwargs is None:
+            return []
+        if kwargs.get("tasks") and batch_kw is not None:
+            self.scope.error("a task batch bound from Python is read whole each outer step; it takes no "
+                             "minibatch", batch_kw.span, fix="remove batch=...")
+            return []
+        batches = self.batches(batch_kw, 1, "input", kwargs)
+        if batches is None:
             return []
         if len(names) > 1:
             self.scope.error("an input dataset is bound whole from Python and is not split", names[1].span,
@@ -141,7 +148,8 @@ class DataBlock:
             return []
         fields, sizes = dataset_members("input", kwargs)
         ds = ir.Dataset(name=names[0].text, source="input", args={"fields": fields, **kwargs},
-                        fields=fields + ([] if tasks else [INDEX]), sizes=sizes, tasks=tasks, line=names[0].span.line, span=ir.Written.of(names[0].span))
+                        fields=fields + ([] if tasks else [INDEX]), sizes=sizes, batch=batches[0], tasks=tasks,
+                        line=names[0].span.line, span=ir.Written.of(names[0].span))
         self.scope.declare(names[0], Symbol("dataset", names[0].span, decl=ds))
         return [ds]
 
