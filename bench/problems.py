@@ -261,7 +261,7 @@ class MinibatchDraws:
 
         tables = {"train": {"x": data["train_x"]}, "val": {"x": data["val_x"]}}
         self.batch, self.steps = MINIBATCH_CLEANING["batch"], MINIBATCH_CLEANING["steps"]
-        self.source = Minibatches(tables, {"train": self.batch, "val": self.batch}, RUN_SEED, device)
+        self.source = Minibatches(tables, {"train": self.batch, "val": self.batch}, RUN_SEED, device, {})
         self.samples = {name: len(t["x"]) for name, t in tables.items()}
 
     def indices(self, dataset: str, stream: str, draws) -> torch.Tensor:

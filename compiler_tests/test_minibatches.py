@@ -203,3 +203,17 @@ def test_data_bound_from_python_is_read_in_minibatches_too():
     assert set(moved.nonzero().reshape(-1).tolist()) <= set(read.reshape(-1).tolist())
     assert "a task batch bound from Python is read whole" in report_of(
         "data {\n    tasks = input(tasks=True, batch=4)\n}\n")
+
+
+def test_task_batches_beside_a_dataset_read_in_minibatches():
+    from helpers import META
+
+    source = (META.replace("    tasks = sinusoid(tasks=4, shots=5, queries=5)",
+                           "    tasks = sinusoid(tasks=4, shots=5, queries=5)\n"
+                           "    extra = regression(n=100, features=1, batch=10)")
+              .replace("objective = mse(learner(tasks.support_x), tasks.support_y)",
+                       "objective = mse(learner(tasks.support_x), tasks.support_y) + 0.01 * mse(learner(extra.x), extra.y)"))
+    assert "extra = regression" in source and "mse(learner(extra.x), extra.y)" in source
+    pipeline = build(source)
+    records = [pipeline.step() for _ in range(2)]
+    assert all(r["hypergradient_norm"] > 0 for r in records)

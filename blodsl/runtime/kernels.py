@@ -110,7 +110,7 @@ def compile_kernels(kernels: dict[str, Kernel], task_dims=None, compile: bool = 
     for name, k in kernels.items():
         fn = k.fn
         if task_dims is not None:
-            fn = vmap(fn, in_dims=tuple({"s": None, "t": 0, "d": task_dims}[a] for a in k.args))
+            fn = _over_tasks(fn, k.args, task_dims)
         if compile:
             # vmapped kernels share functorch's wrapper code object, and a process may build several
             # pipelines: each is a variant of that code to dynamo, which falls back to eager past its limit
@@ -118,3 +118,17 @@ def compile_kernels(kernels: dict[str, Kernel], task_dims=None, compile: bool = 
             fn = torch.compile(fn, dynamic=False)
         fns[name] = fn
     return SimpleNamespace(**fns)
+
+
+def _over_tasks(fn: Callable, args: str, task_dims: dict) -> Callable:
+    """fn vmapped over the tasks. Only task batches carry a task dimension; the other datasets, as read
+    (a minibatch holds only the fields the objectives read), and a chunk's per-step minibatches
+    (minibatch.STEPS) are shared by every task."""
+    tasks = {n for n, fields in task_dims.items() if 0 in fields.values()}
+
+    def over_tasks(*values):
+        dims = tuple(None if a == "s" else 0 if a == "t" else {n: task_dims[n] if n in tasks else None for n in value}
+                     for a, value in zip(args, values))
+        return vmap(fn, in_dims=dims)(*values)
+
+    return over_tasks

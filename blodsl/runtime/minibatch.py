@@ -22,14 +22,14 @@ import torch
 
 class Minibatches:
     def __init__(self, tables: dict[str, dict], batches: dict[str, int], seed: int, device,
-                 fields_read: dict[str, list[str]] | None = None):
+                 fields_read: dict[str, list[str]]):
         self.tables, self.batches, self.seed, self.device = tables, batches, seed, device
-        self.fields_read = fields_read   # dataset -> the fields objectives read (None: all); only they are gathered
+        self.fields_read = fields_read   # dataset -> the fields the objectives read; only they are gathered
         self._shuffles: dict[tuple[str, str], tuple[int, torch.Tensor]] = {}   # (dataset, stream) -> (epoch, order)
 
     def indices(self, name: str, stream: str, draws: list[int]) -> torch.Tensor:
         """The sample indices of the given draws of a stream: [len(draws), N]."""
-        size, n = self.batches[name], _rows(self.tables[name])
+        size, n = self.batches[name], rows(self.tables[name])
         per_epoch = n // size
         epochs = {k // per_epoch for k in draws}
         first = draws[0] % per_epoch
@@ -62,14 +62,15 @@ class Minibatches:
         return {n: (self._fields_read(n), self.indices(n, "inner", draws)) for n in names if n in self.batches}
 
     def _fields_read(self, name: str) -> dict:
-        read = self.fields_read.get(name) if self.fields_read is not None else None
+        read = self.fields_read.get(name)   # a dataset only metrics read has none listed: all its fields
         return {f: t for f, t in self.tables[name].items() if read is None or f in read}
 
     def _take(self, name: str, index: torch.Tensor) -> dict:
         return {f: t[index] if torch.is_tensor(t) and t.dim() > 0 else t for f, t in self._fields_read(name).items()}
 
 
-def _rows(fields: dict) -> int:
+def rows(fields: dict) -> int:
+    """How many samples a table holds."""
     return next(len(t) for t in fields.values() if torch.is_tensor(t) and t.dim() > 0)
 
 

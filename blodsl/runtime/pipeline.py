@@ -22,7 +22,7 @@ from . import inner, trees
 from .data import NO_SIZE_BECAUSE, DataError, TaskSource
 from .guard import all_finite, diverged, first_non_finite
 from .kernels import Objectives, compile_kernels
-from .minibatch import Minibatches
+from .minibatch import Minibatches, rows
 from .operators import Batch, Context, Plan
 from .operators import lower as lower_plan
 from .operators.trajectory import inner_loop, trajectory_kernels
@@ -429,7 +429,7 @@ def _rate_text(lr) -> str:
 def _checked_batches(batches: dict[str, int], tables: dict) -> dict[str, int]:
     """The minibatch sizes, each no larger than its dataset (a file's size is known only now)."""
     for name, size in batches.items():
-        n = next(len(t) for t in tables[name].values() if torch.is_tensor(t) and t.dim() > 0)
+        n = rows(tables[name])
         if size > n:
             raise DataError(f"dataset '{name}' has {n} samples, fewer than its batch={size}")
     return batches
@@ -437,8 +437,7 @@ def _checked_batches(batches: dict[str, int], tables: dict) -> dict[str, int]:
 
 def _numbered(fields: dict, device) -> dict:
     """A table with `index`, each sample's number: a minibatch's `train.index` says which samples it holds."""
-    n = next(len(t) for t in fields.values() if torch.is_tensor(t) and t.dim() > 0)
-    return {**fields, "index": torch.arange(n, device=device)}
+    return {**fields, "index": torch.arange(rows(fields), device=device)}
 
 
 # Samples a metric reads at once: a 60,000-sample test set is measured without 60,000 samples'
@@ -449,12 +448,12 @@ METRIC_CHUNK = 8192
 def _in_chunks(fn, x, y, data: dict):
     """A metric that is a mean over one dataset's samples, a chunk of rows at a time."""
     ((name, fields),) = data.items()
-    n = next(len(t) for t in fields.values() if torch.is_tensor(t) and t.dim() > 0)
+    n = rows(fields)
     if n <= METRIC_CHUNK:
         return fn(x, y, data)
     total = 0.0
     for start in range(0, n, METRIC_CHUNK):
-        rows = {f: t[start:start + METRIC_CHUNK] if torch.is_tensor(t) and t.dim() > 0 else t
-                for f, t in fields.items()}
-        total = total + fn(x, y, {name: rows}) * min(METRIC_CHUNK, n - start)
+        chunk = {f: t[start:start + METRIC_CHUNK] if torch.is_tensor(t) and t.dim() > 0 else t
+                 for f, t in fields.items()}
+        total = total + fn(x, y, {name: chunk}) * min(METRIC_CHUNK, n - start)
     return total / n
